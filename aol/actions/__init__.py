@@ -1,0 +1,1 @@
+"""Action handlers: the registry, the handler context, proof artifacts, built-in adapters."""

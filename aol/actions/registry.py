@@ -1,0 +1,90 @@
+"""The registry: action type -> async handler; loading user modules; "did you mean".
+
+Register a handler with the `@handler("TYPE")` decorator in your own module, then start
+the worker with `aol run --handlers mypkg.module` (or `AOL_HANDLERS=mypkg.module`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import re
+from collections.abc import Awaitable, Callable, Iterable
+
+from aol.actions.context import HandlerContext
+from aol.errors import ConfigError, UnknownActionType
+
+Handler = Callable[[HandlerContext], Awaitable[str | None]]
+"""An async function of a HandlerContext; it may return a short message for the log."""
+
+_TYPE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,127}$")
+BUILTIN_MODULES = ("aol.actions.post_social",)
+
+
+class Registry:
+    """Maps action types to handlers."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+
+    def register(self, action_type: str, fn: Handler, *, replace: bool = False) -> None:
+        if not _TYPE_NAME.match(action_type):
+            raise ConfigError(
+                f"action type {action_type!r} is not valid: use letters, digits and _.:- "
+                "(at most 128 characters), starting with a letter"
+            )
+        existing = self._handlers.get(action_type)
+        if existing is not None and existing is not fn and not replace:
+            raise ConfigError(
+                f"action type {action_type!r} already has a handler "
+                f"({existing.__module__}.{existing.__qualname__})"
+            )
+        self._handlers[action_type] = fn
+
+    def handler(self, action_type: str) -> Callable[[Handler], Handler]:
+        def decorate(fn: Handler) -> Handler:
+            self.register(action_type, fn)
+            return fn
+
+        return decorate
+
+    def get(self, action_type: str) -> Handler:
+        try:
+            return self._handlers[action_type]
+        except KeyError:
+            raise UnknownActionType(self.unknown_message(action_type)) from None
+
+    def unknown_message(self, action_type: str) -> str:
+        close = difflib.get_close_matches(action_type, list(self._handlers), n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        known = ", ".join(sorted(self._handlers)) or "none"
+        return (
+            f"unknown action type {action_type!r}: no handler is registered for it "
+            f"(known: {known}){hint}"
+        )
+
+    def names(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def __contains__(self, action_type: object) -> bool:
+        return action_type in self._handlers
+
+
+default_registry = Registry()
+
+
+def handler(action_type: str) -> Callable[[Handler], Handler]:
+    """Decorator: register an async handler for `action_type` in the default registry."""
+    return default_registry.handler(action_type)
+
+
+def load_modules(modules: Iterable[str]) -> None:
+    """Import the built-in adapters and the user's handler modules (which register on import)."""
+    for name in (*BUILTIN_MODULES, *modules):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(
+                f"--handlers {name!r} cannot be imported: {exc}; "
+                "check the module name and that it is on PYTHONPATH"
+            ) from exc

@@ -1,0 +1,382 @@
+"""The `aol` command: parse flags, call one function, render the result.
+
+Control commands (pause, resume, kill, proof, dlq retry) go through the same store
+functions as everything else, and each records who changed what, and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import click
+
+from aol import logs
+from aol.client import enqueue as enqueue_action
+from aol.db import store
+from aol.db.connect import ResolvedDatabase, connect, open_database
+from aol.db.migrate import head_revision, upgrade
+from aol.errors import AolError, LeaseHeld
+from aol.settings import Settings, load_settings
+
+T = TypeVar("T")
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_LEASE_HELD = 3
+
+
+def changed_by() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()} (cli)"
+
+
+def _settings(ctx: click.Context, **flags: Any) -> Settings:
+    base: dict[str, Any] = dict(ctx.obj or {})
+    base.update(flags)
+    return load_settings(base)
+
+
+def _run(coro: Awaitable[T]) -> T:
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except LeaseHeld as exc:
+        click.echo(f"aol: {exc}", err=True)
+        sys.exit(EXIT_LEASE_HELD)
+    except AolError as exc:
+        click.echo(f"aol: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+
+
+async def _with_db(settings: Settings, fn: Callable[[ResolvedDatabase], Awaitable[T]]) -> T:
+    async with open_database(
+        settings.database_url, data_dir=settings.data_dir, embedded_dir=settings.embedded_dir
+    ) as db:
+        return await fn(db)
+
+
+async def _with_conn(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
+    async def inner(db: ResolvedDatabase) -> T:
+        conn = await connect(db.url, application_name="aol-cli")
+        try:
+            return await fn(conn)
+        finally:
+            await conn.close()
+
+    return await _with_db(settings, inner)
+
+
+def _json_default(value: object) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--database-url",
+    envvar=None,
+    default=None,
+    help="PostgreSQL URL; else AOL_DATABASE_URL, DATABASE_URL, else embedded.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "console"]),
+    default=None,
+    help="json (default, one object per line) or console (for people).",
+)
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None, log_format: str | None) -> None:
+    """aol: durable, leased, auditable side-effecting actions on PostgreSQL."""
+    ctx.obj = {"database_url": database_url, "log_format": log_format}
+    try:
+        settings = load_settings(ctx.obj)
+    except AolError as exc:
+        raise click.UsageError(str(exc)) from exc
+    logs.configure(settings.log_format)
+
+
+@cli.command()
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@click.pass_context
+def migrate(ctx: click.Context, revision: str) -> None:
+    """Create or upgrade the aol schema (Alembic)."""
+    settings = _settings(ctx)
+
+    async def go(db: ResolvedDatabase) -> None:
+        if db.embedded_root is None:
+            await upgrade(db.url, revision)
+        click.echo(f"schema aol is at {revision if revision != 'head' else head_revision()}")
+
+    _run(_with_db(settings, go))
+
+
+@cli.command()
+@click.option(
+    "--ticks",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Run N ticks back to back, then exit 0.",
+)
+@click.option(
+    "--standby",
+    is_flag=True,
+    default=None,
+    help="If another worker holds the lease, wait and take over when it frees.",
+)
+@click.option("--handlers", multiple=True, help="Module(s) that register handlers (repeatable).")
+@click.option("--batch-size", type=int, default=None, help="Actions claimed per tick (3).")
+@click.option("--scan-interval", type=float, default=None, help="Safety-net scan, seconds (30).")
+@click.option("--lease-ttl", type=float, default=None, help="Lease TTL, seconds (30).")
+@click.option("--heartbeat-interval", type=float, default=None, help="Heartbeat, seconds (5).")
+@click.option("--tick-timeout", type=float, default=None, help="Tick timeout, seconds (20).")
+@click.option("--action-timeout", type=float, default=None, help="Per-action timeout (15).")
+@click.option("--backoff-base", type=float, default=None, help="First retry delay, seconds (5).")
+@click.option("--shutdown-grace", type=float, default=None, help="Drain on SIGTERM, s (15).")
+@click.option("--owner", default=None, help="Lease owner name (host:pid).")
+@click.pass_context
+def run(ctx: click.Context, ticks: int | None, **flags: Any) -> None:
+    """Run the worker: hold the lease and execute actions."""
+    from aol.worker.runner import run_worker
+
+    flags["handlers"] = tuple(flags.get("handlers") or ())
+    try:
+        settings = _settings(ctx, **flags)
+    except AolError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+    async def go(db: ResolvedDatabase) -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await run_worker(settings, db.url, ticks=ticks, stop=stop)
+
+    sys.exit(_run(_with_db(settings, go)))
+
+
+@cli.command("enqueue")
+@click.argument("action_type")
+@click.option("--payload", required=True, help="The payload, a JSON object.")
+@click.option("--key", "idempotency_key", required=True, help="Idempotency key (unique).")
+@click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
+@click.option("--max-attempts", type=int, default=3, show_default=True)
+@click.option("--delay", type=float, default=None, help="Run no sooner than this many seconds.")
+@click.pass_context
+def enqueue_cmd(
+    ctx: click.Context,
+    action_type: str,
+    payload: str,
+    idempotency_key: str,
+    priority: int,
+    max_attempts: int,
+    delay: float | None,
+) -> None:
+    """Enqueue an action; prints its id (the existing id for a repeated key)."""
+    settings = _settings(ctx)
+    try:
+        body = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--payload") from exc
+
+    async def go(conn: Any) -> int:
+        not_before = None
+        if delay is not None:
+            not_before = datetime.now(UTC) + timedelta(seconds=delay)
+        return await enqueue_action(
+            conn,
+            action_type,
+            body,
+            idempotency_key=idempotency_key,
+            priority=priority,
+            max_attempts=max_attempts,
+            not_before=not_before,
+        )
+
+    click.echo(_run(_with_conn(settings, go)))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Lease owner and TTL, control flags, last tick, counts by status."""
+    settings = _settings(ctx)
+
+    async def go(conn: Any) -> dict[str, Any]:
+        lease = await store.read_lease(conn)
+        flags = await store.read_flags(conn)
+        tick = await store.last_tick(conn)
+        counts = await store.count_by_status(conn)
+        ttl = (lease.expires_at - lease.now).total_seconds() if lease.expires_at else None
+        return {
+            "lease": {
+                "owner": lease.owner,
+                "epoch": lease.epoch,
+                "heartbeat_at": lease.heartbeat_at,
+                "expires_at": lease.expires_at,
+                "ttl_s": None if ttl is None else round(ttl, 1),
+                "held": ttl is not None and ttl > 0,
+            },
+            "flags": {
+                "paused": flags.paused,
+                "killed": flags.killed,
+                "proof_mode": flags.proof_mode,
+                "changed_by": flags.changed_by,
+                "changed_at": flags.changed_at,
+                "reason": flags.reason,
+            },
+            "last_tick": None
+            if tick is None
+            else {
+                "tick": tick.tick,
+                "epoch": tick.epoch,
+                "outcome": str(tick.outcome),
+                "finished_at": tick.finished_at,
+                "claimed": tick.claimed,
+                "succeeded": tick.succeeded,
+                "retried": tick.retried,
+                "dead": tick.dead,
+            },
+            "counts": counts,
+        }
+
+    data = _run(_with_conn(settings, go))
+    if as_json:
+        click.echo(json.dumps(data, default=_json_default))
+        return
+    lease, flags, tick = data["lease"], data["flags"], data["last_tick"]
+    holder = (
+        f"{lease['owner']} epoch {lease['epoch']}, expires in {lease['ttl_s']}s"
+        if lease["held"]
+        else f"nobody (last: {lease['owner'] or '-'}, epoch {lease['epoch']})"
+    )
+    click.echo(f"lease:  {holder}")
+    click.echo(
+        f"flags:  paused={flags['paused']} killed={flags['killed']} "
+        f"proof_mode={flags['proof_mode']} (by {flags['changed_by']} at "
+        f"{_json_default(flags['changed_at'])}: {flags['reason'] or '-'})"
+    )
+    if tick:
+        click.echo(
+            f"tick:   #{tick['tick']} epoch {tick['epoch']} {tick['outcome']} at "
+            f"{_json_default(tick['finished_at'])} (claimed {tick['claimed']}, "
+            f"succeeded {tick['succeeded']}, retried {tick['retried']}, "
+            f"dead {tick['dead']})"
+        )
+    else:
+        click.echo("tick:   none yet")
+    click.echo("counts: " + " ".join(f"{k}={v}" for k, v in data["counts"].items()))
+
+
+def _flag_command(name: str, help_text: str, **change: bool) -> None:
+    @cli.command(name, help=help_text)
+    @click.option("--reason", default=None, help="Why; recorded with the change.")
+    @click.pass_context
+    def command(ctx: click.Context, reason: str | None) -> None:
+        _set_flags(ctx, reason, **change)
+
+
+def _set_flags(ctx: click.Context, reason: str | None, **change: bool) -> None:
+    settings = _settings(ctx)
+
+    async def go(conn: Any) -> Any:
+        return await store.set_flags(conn, changed_by=changed_by(), reason=reason, **change)
+
+    flags = _run(_with_conn(settings, go))
+    click.echo(f"paused={flags.paused} killed={flags.killed} proof_mode={flags.proof_mode}")
+
+
+_flag_command("pause", "Stop claiming new actions (in-flight ones finish).", paused=True)
+_flag_command("resume", "Claim actions again after a pause.", paused=False)
+
+
+@cli.command()
+@click.option("--clear", is_flag=True, help="Lift the kill switch.")
+@click.option("--reason", default=None, help="Why; recorded with the change.")
+@click.pass_context
+def kill(ctx: click.Context, clear: bool, reason: str | None) -> None:
+    """Kill switch: the worker exits, and restarted workers exit at once, until --clear."""
+    _set_flags(ctx, reason, killed=not clear)
+
+
+@cli.command()
+@click.argument("mode", type=click.Choice(["on", "off"]))
+@click.option("--reason", default=None, help="Why; recorded with the change.")
+@click.pass_context
+def proof(ctx: click.Context, mode: str, reason: str | None) -> None:
+    """Proof (dry-run) mode: handlers write artifacts instead of acting."""
+    _set_flags(ctx, reason, proof_mode=mode == "on")
+
+
+@cli.group()
+def dlq() -> None:
+    """The dead-letter queue."""
+
+
+@dlq.command("list")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.pass_context
+def dlq_list(ctx: click.Context, limit: int) -> None:
+    """List dead actions, newest first."""
+    settings = _settings(ctx)
+    rows = _run(_with_conn(settings, lambda c: store.list_dead(c, limit=limit)))
+    if not rows:
+        click.echo("no dead actions")
+    for r in rows:
+        click.echo(
+            f"{r['id']}\t{r['action_type']}\t{r['idempotency_key']}\t"
+            f"attempts {r['attempts']}/{r['max_attempts']}\t{r['last_error']}"
+        )
+
+
+@dlq.command("retry")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all", "all_", is_flag=True, help="Retry every dead action.")
+@click.option("--reason", default=None, help="Why; recorded with the change.")
+@click.pass_context
+def dlq_retry(ctx: click.Context, ids: tuple[int, ...], all_: bool, reason: str | None) -> None:
+    """Return dead actions to retry (by id, or --all)."""
+    if bool(ids) == all_:
+        raise click.UsageError("give action ids or --all (not both)")
+    settings = _settings(ctx)
+    moved = _run(
+        _with_conn(
+            settings,
+            lambda c: store.retry_dead(
+                c, ids=None if all_ else list(ids), changed_by=changed_by(), reason=reason
+            ),
+        )
+    )
+    missing = sorted(set(ids) - set(moved))
+    click.echo(f"retrying {len(moved)} action(s): {' '.join(map(str, moved)) or '-'}")
+    if missing:
+        click.echo(f"not dead (left alone): {' '.join(map(str, missing))}", err=True)
+
+
+@cli.command()
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+@click.pass_context
+def demo(ctx: click.Context, timeout: float) -> None:
+    """Enqueue a few POST_SOCIAL actions (one bad) and run the worker until they are done."""
+    from aol.demo import run_demo
+
+    settings = _settings(ctx)
+    if ctx.obj.get("log_format") is None:
+        logs.configure("console")
+    sys.exit(_run(_with_db(settings, lambda db: run_demo(settings, db, timeout=timeout))))
+
+
+def main() -> None:
+    cli(prog_name="aol")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,91 @@
+"""The LISTEN connection: wake-up events, reconnection, and a full scan after each reconnect.
+
+It lives on a dedicated connection (a pooled one would be UNLISTENed on release).
+Notifications sent while it is disconnected are lost, so every reconnect sets the wake-up
+event: the worker then scans as if it had been notified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import asyncpg
+
+from aol.db.connect import connect
+from aol.errors import DatabaseUnavailable
+from aol.logs import get_logger
+
+log = get_logger("aol.listen")
+RECONNECT_MIN = 0.1
+RECONNECT_MAX = 5.0
+
+
+class Listener:
+    """Keeps one LISTEN alive on `channel`; `wake` is set on every notification."""
+
+    def __init__(self, url: str, channel: str, *, application_name: str = "aol-listen") -> None:
+        self.url = url
+        self.channel = channel
+        self.application_name = application_name
+        self.wake = asyncio.Event()
+        self.last_payload: str | None = None
+        self._conn: asyncpg.Connection[Any] | None = None
+        self._closing = False
+        self._reconnect: asyncio.Task[None] | None = None
+        self.reconnects = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    async def start(self) -> None:
+        await self._open()
+        log.info("listener_started", channel=self.channel)
+
+    async def _open(self) -> None:
+        conn = await connect(self.url, application_name=self.application_name)
+        await conn.add_listener(self.channel, self._on_notify)
+        conn.add_termination_listener(self._on_terminated)
+        self._conn = conn
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        self.last_payload = str(payload)
+        self.wake.set()
+
+    def _on_terminated(self, _conn: Any) -> None:
+        if self._closing:
+            return
+        log.warning("listener_lost", channel=self.channel)
+        self._conn = None
+        if self._reconnect is None or self._reconnect.done():
+            self._reconnect = asyncio.get_running_loop().create_task(
+                self._reconnect_loop(), name="aol-listen-reconnect"
+            )
+
+    async def _reconnect_loop(self) -> None:
+        delay = RECONNECT_MIN
+        while not self._closing:
+            try:
+                await self._open()
+            except (DatabaseUnavailable, asyncpg.PostgresError, OSError) as exc:
+                log.warning("listener_lost", channel=self.channel, error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(RECONNECT_MAX, delay * 2)
+                continue
+            self.reconnects += 1
+            log.info("listener_reconnected", channel=self.channel, reconnects=self.reconnects)
+            self.wake.set()  # notifications may have been missed: scan everything
+            return
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reconnect is not None:
+            self._reconnect.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnect
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._conn.close(), timeout=5)
+            self._conn = None

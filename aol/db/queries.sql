@@ -1,0 +1,259 @@
+-- Every runtime SQL statement of aol, one named block each.
+-- A block starts with "-- name: <name>"; the comment lines after it document parameters.
+-- aol/db/store.py wraps each block in one typed function; tests PREPARE every block.
+
+-- name: schema_version_table
+-- Is the Alembic version table there at all? (NULL when the schema was never migrated.)
+SELECT to_regclass('public.aol_alembic_version')::text;
+
+-- name: schema_revision
+SELECT version_num FROM public.aol_alembic_version;
+
+-- name: enqueue_action
+-- $1 action_type, $2 payload, $3 idempotency_key, $4 not_before, $5 priority, $6 max_attempts
+SELECT aol.enqueue($1, $2::jsonb, $3, $4, $5, $6);
+
+-- name: try_advisory_lock
+-- The lease lock: session-level, on the worker's dedicated lock connection only.
+SELECT pg_try_advisory_lock($1);
+
+-- name: wait_advisory_lock
+-- Standby: block until the holder's session ends, then hold it.
+SELECT pg_advisory_lock($1);
+
+-- name: advisory_unlock
+SELECT pg_advisory_unlock($1);
+
+-- name: acquire_lease
+-- Called right after taking the advisory lock. Bumping the epoch fences every write of
+-- earlier holders: their writes name their own (older) epoch and so match nothing.
+-- $1 owner, $2 ttl seconds
+UPDATE aol.lease
+   SET owner = $1, epoch = epoch + 1, acquired_at = now(), heartbeat_at = now(),
+       expires_at = now() + make_interval(secs => $2), released_at = NULL
+ WHERE id = 1
+RETURNING epoch;
+
+-- name: renew_lease
+-- Heartbeat. No row back means another holder has moved the epoch on.
+-- $1 owner, $2 epoch, $3 ttl seconds
+UPDATE aol.lease
+   SET heartbeat_at = now(), expires_at = now() + make_interval(secs => $3)
+ WHERE id = 1 AND owner = $1 AND epoch = $2
+RETURNING expires_at;
+
+-- name: release_lease
+-- $1 owner, $2 epoch
+UPDATE aol.lease
+   SET released_at = now(), expires_at = now()
+ WHERE id = 1 AND owner = $1 AND epoch = $2;
+
+-- name: read_lease
+SELECT owner, epoch, acquired_at, heartbeat_at, expires_at, now() AS now
+  FROM aol.lease WHERE id = 1;
+
+-- name: read_flags
+SELECT paused, killed, proof_mode, changed_by, changed_at, reason
+  FROM aol.control_flags WHERE id = 1;
+
+-- name: set_flags
+-- NULL leaves a flag as it is. The row's trigger sends NOTIFY, so a sleeping worker wakes.
+-- $1 paused, $2 killed, $3 proof_mode, $4 changed_by, $5 reason
+WITH changed AS (
+    UPDATE aol.control_flags
+       SET paused = coalesce($1, paused), killed = coalesce($2, killed),
+           proof_mode = coalesce($3, proof_mode),
+           changed_by = $4, changed_at = now(), reason = $5
+     WHERE id = 1
+    RETURNING paused, killed, proof_mode, changed_by, changed_at, reason
+), logged AS (
+    INSERT INTO aol.execution_logs (level, event, message)
+    SELECT 'warning', 'flags_changed',
+           format('paused=%s killed=%s proof_mode=%s by %s: %s',
+                  paused, killed, proof_mode, changed_by, coalesce(reason, ''))
+      FROM changed
+)
+SELECT paused, killed, proof_mode, changed_by, changed_at, reason FROM changed;
+
+-- name: claim_actions
+-- Claim up to $3 runnable, due actions in one statement. SKIP LOCKED lets concurrent
+-- claimers pass over each other's rows instead of waiting, so no row is handed out twice.
+-- The lease check makes a claimer whose epoch has moved on claim nothing.
+-- Each claim counts as an attempt, so a poison action that kills workers still ends dead.
+-- $1 owner, $2 epoch, $3 limit, $4 claim ttl seconds
+WITH picked AS (
+    SELECT id
+      FROM aol.actions
+     WHERE status IN ('pending', 'retry')
+       AND not_before <= now()
+       AND EXISTS (SELECT 1 FROM aol.lease l WHERE l.id = 1 AND l.epoch = $2 AND l.owner = $1)
+     ORDER BY priority DESC, not_before, id
+     LIMIT $3
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE aol.actions a
+   SET status = 'running', attempts = a.attempts + 1, claimed_by = $1, claim_epoch = $2,
+       claimed_at = now(), claim_expires_at = now() + make_interval(secs => $4),
+       updated_at = now()
+  FROM picked
+ WHERE a.id = picked.id
+RETURNING a.id, a.idempotency_key, a.action_type, a.payload, a.status, a.priority,
+          a.attempts, a.max_attempts, a.not_before, a.claim_epoch, a.created_at;
+
+-- name: finish_action
+-- Fenced: writes only while the row is still this claim's (epoch and attempt) and the
+-- lease is still at this epoch. No row back means the result was refused.
+-- $1 id, $2 epoch, $3 attempt, $4 tick, $5 duration_ms, $6 message, $7 artifact_ref,
+-- $8 artifact_sha256
+WITH done AS (
+    UPDATE aol.actions a
+       SET status = 'succeeded', finished_at = now(), updated_at = now(), last_error = NULL
+     WHERE a.id = $1 AND a.status = 'running' AND a.claim_epoch = $2 AND a.attempts = $3
+       AND EXISTS (SELECT 1 FROM aol.lease l WHERE l.id = 1 AND l.epoch = $2)
+    RETURNING a.id
+)
+INSERT INTO aol.execution_logs
+    (action_id, attempt, epoch, tick, level, event, message, duration_ms, artifact_ref,
+     artifact_sha256)
+SELECT id, $3, $2, $4, 'info', 'action_succeeded', $6, $5, $7, $8 FROM done
+RETURNING action_id;
+
+-- name: schedule_retry
+-- Fenced like finish_action. The action runs again once $6 seconds have passed.
+-- $1 id, $2 epoch, $3 attempt, $4 tick, $5 duration_ms, $6 delay seconds, $7 error
+WITH moved AS (
+    UPDATE aol.actions a
+       SET status = 'retry', not_before = now() + make_interval(secs => $6),
+           last_error = $7, updated_at = now()
+     WHERE a.id = $1 AND a.status = 'running' AND a.claim_epoch = $2 AND a.attempts = $3
+       AND EXISTS (SELECT 1 FROM aol.lease l WHERE l.id = 1 AND l.epoch = $2)
+    RETURNING a.id, a.not_before
+)
+INSERT INTO aol.execution_logs (action_id, attempt, epoch, tick, level, event, message,
+                                duration_ms)
+SELECT id, $3, $2, $4, 'warning', 'action_retry_scheduled',
+       format('%s; next attempt at %s', $7::text, not_before), $5
+  FROM moved
+RETURNING action_id;
+
+-- name: dead_letter_action
+-- Fenced like finish_action. A dead action is kept, with its last error, until an
+-- operator retries it.
+-- $1 id, $2 epoch, $3 attempt, $4 tick, $5 duration_ms, $6 error
+WITH moved AS (
+    UPDATE aol.actions a
+       SET status = 'dead', last_error = $6, finished_at = now(), updated_at = now()
+     WHERE a.id = $1 AND a.status = 'running' AND a.claim_epoch = $2 AND a.attempts = $3
+       AND EXISTS (SELECT 1 FROM aol.lease l WHERE l.id = 1 AND l.epoch = $2)
+    RETURNING a.id
+)
+INSERT INTO aol.execution_logs (action_id, attempt, epoch, tick, level, event, message,
+                                duration_ms)
+SELECT id, $3, $2, $4, 'error', 'action_dead', $6::text, $5 FROM moved
+RETURNING action_id;
+
+-- name: rescue_expired_claims
+-- Claims whose validity has passed belong to a worker that died or lost its lease. Each
+-- returns to retry, or to dead when it has used its last attempt. Only the lease holder
+-- at epoch $1 rescues.
+-- $1 epoch
+WITH expired AS (
+    SELECT id
+      FROM aol.actions
+     WHERE status = 'running' AND claim_expires_at < now()
+       AND EXISTS (SELECT 1 FROM aol.lease l WHERE l.id = 1 AND l.epoch = $1)
+       FOR UPDATE SKIP LOCKED
+), moved AS (
+    UPDATE aol.actions a
+       SET status = CASE WHEN a.attempts >= a.max_attempts THEN 'dead' ELSE 'retry' END,
+           finished_at = CASE WHEN a.attempts >= a.max_attempts THEN now() END,
+           not_before = now(), updated_at = now(),
+           last_error = format('attempt %s: claim by %s (epoch %s) expired at %s before '
+                               'the attempt finished', a.attempts, a.claimed_by,
+                               a.claim_epoch, a.claim_expires_at)
+      FROM expired
+     WHERE a.id = expired.id
+    RETURNING a.id, a.status, a.attempts, a.last_error
+), logged AS (
+    INSERT INTO aol.execution_logs (action_id, attempt, epoch, level, event, message)
+    SELECT id, attempts, $1, 'warning', 'action_rescued', last_error FROM moved
+)
+SELECT id, status, attempts FROM moved ORDER BY id;
+
+-- name: record_tick
+-- The tick's start is derived from the database clock and the measured duration.
+-- $1 owner, $2 epoch, $3 tick, $4 duration_ms, $5 outcome, $6 claimed, $7 succeeded,
+-- $8 retried, $9 dead, $10 error
+INSERT INTO aol.tick_ledger
+    (owner, epoch, tick, started_at, finished_at, duration_ms, outcome, claimed, succeeded,
+     retried, dead, error)
+VALUES ($1, $2, $3, clock_timestamp() - make_interval(secs => $4 / 1000.0), clock_timestamp(),
+        $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT ON CONSTRAINT tick_ledger_epoch_tick_unique DO NOTHING;
+
+-- name: next_wakeup
+-- What an idle worker sleeps until: the earliest due runnable action, or the earliest claim
+-- expiry to rescue, measured on the database clock.
+SELECT now() AS now,
+       (SELECT min(not_before) FROM aol.actions WHERE status IN ('pending', 'retry'))
+           AS next_due,
+       (SELECT min(claim_expires_at) FROM aol.actions WHERE status = 'running')
+           AS next_expiry;
+
+-- name: count_by_status
+SELECT status, count(*) AS n FROM aol.actions GROUP BY status ORDER BY status;
+
+-- name: last_tick
+SELECT id, owner, epoch, tick, started_at, finished_at, duration_ms, outcome, claimed,
+       succeeded, retried, dead, error
+  FROM aol.tick_ledger ORDER BY id DESC LIMIT 1;
+
+-- name: list_dead
+-- $1 limit
+SELECT id, idempotency_key, action_type, attempts, max_attempts, last_error, updated_at
+  FROM aol.actions
+ WHERE status = 'dead'
+ ORDER BY updated_at DESC, id DESC
+ LIMIT $1;
+
+-- name: retry_dead
+-- Return dead actions to retry, now. Each gets as many attempts again as it has used
+-- (max_attempts is raised; the attempt count and history stay). NULL $1 means all dead.
+-- $1 ids (bigint[] or NULL), $2 changed_by, $3 reason
+WITH moved AS (
+    UPDATE aol.actions a
+       SET status = 'retry', not_before = now(), finished_at = NULL, updated_at = now(),
+           max_attempts = least(1000, a.attempts + a.max_attempts)
+     WHERE a.status = 'dead' AND ($1::bigint[] IS NULL OR a.id = ANY ($1::bigint[]))
+    RETURNING a.id, a.attempts
+), logged AS (
+    INSERT INTO aol.execution_logs (action_id, attempt, level, event, message)
+    SELECT id, attempts, 'warning', 'action_retried_by_operator',
+           format('by %s: %s', $2::text, coalesce($3::text, '')) FROM moved
+), woken AS (
+    SELECT pg_notify('aol_wakeup', 'retry') WHERE EXISTS (SELECT 1 FROM moved)
+)
+SELECT id FROM moved, (SELECT count(*) FROM woken) w ORDER BY id;
+
+-- name: read_action
+-- $1 id
+SELECT id, idempotency_key, action_type, payload, status, priority, attempts, max_attempts,
+       not_before, claim_epoch, created_at, last_error, finished_at
+  FROM aol.actions WHERE id = $1;
+
+-- name: list_action_logs
+-- $1 action id
+SELECT id, attempt, epoch, tick, level, event, message, duration_ms, artifact_ref,
+       artifact_sha256, created_at
+  FROM aol.execution_logs WHERE action_id = $1 ORDER BY id;
+
+-- name: record_event
+-- A notable event that is not an attempt result (kill, pause seen, lease changes).
+-- $1 action_id (or NULL), $2 epoch, $3 tick, $4 level, $5 event, $6 message
+INSERT INTO aol.execution_logs (action_id, epoch, tick, level, event, message)
+VALUES ($1, $2, $3, $4, $5, $6);
+
+-- name: count_other_clients
+-- Other client sessions on this server: the embedded server stays up while any remain.
+SELECT count(*) FROM pg_stat_activity
+ WHERE backend_type = 'client backend' AND pid <> pg_backend_pid();

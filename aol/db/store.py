@@ -1,0 +1,367 @@
+"""One typed async function per named SQL block in `queries.sql`: the only code that sends SQL.
+
+Every function takes an `Executor` (an asyncpg Pool or Connection) and keyword arguments.
+Writes about an action made by the worker carry the lease epoch and the attempt number,
+and return False when the database refused them because the claim or the lease moved on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from functools import cache
+from importlib import resources
+from typing import Any, Protocol
+
+from aol.model import (
+    Action,
+    ActionId,
+    ActionStatus,
+    Epoch,
+    Flags,
+    JSONObject,
+    Lease,
+    TickOutcome,
+    TickRecord,
+)
+
+# The one advisory lock key of the lease (per database; locks are scoped to a database).
+LEASE_LOCK_KEY = 0x616F6C6C65617365  # "aollease"
+WAKEUP_CHANNEL = "aol_wakeup"
+
+
+class Executor(Protocol):
+    """What an asyncpg Pool and Connection both offer."""
+
+    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]: ...
+
+    async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> Any: ...
+
+    async def fetchval(
+        self, query: str, *args: Any, column: int = 0, timeout: float | None = None
+    ) -> Any: ...
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str: ...
+
+
+_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+@cache
+def queries() -> dict[str, str]:
+    """The named blocks of queries.sql, loaded once."""
+    text = resources.files("aol.db").joinpath("queries.sql").read_text(encoding="utf-8")
+    parts = _NAME.split(text)
+    blocks: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        sql = "\n".join(line for line in body.splitlines() if not line.startswith("--"))
+        blocks[name] = sql.strip().rstrip(";")
+    return blocks
+
+
+def q(name: str) -> str:
+    return queries()[name]
+
+
+# --- schema ---------------------------------------------------------------------------
+
+
+async def read_schema_revision(db: Executor) -> str | None:
+    if await db.fetchval(q("schema_version_table")) is None:
+        return None
+    value = await db.fetchval(q("schema_revision"))
+    return None if value is None else str(value)
+
+
+# --- enqueue --------------------------------------------------------------------------
+
+
+async def enqueue_action(
+    db: Executor,
+    *,
+    action_type: str,
+    payload: JSONObject,
+    idempotency_key: str,
+    not_before: datetime | None = None,
+    priority: int = 0,
+    max_attempts: int = 3,
+) -> ActionId:
+    value = await db.fetchval(
+        q("enqueue_action"),
+        action_type,
+        payload,
+        idempotency_key,
+        not_before,
+        priority,
+        max_attempts,
+    )
+    return ActionId(int(value))
+
+
+# --- lease ----------------------------------------------------------------------------
+
+
+async def try_advisory_lock(conn: Executor) -> bool:
+    return bool(await conn.fetchval(q("try_advisory_lock"), LEASE_LOCK_KEY))
+
+
+async def wait_advisory_lock(conn: Executor) -> None:
+    await conn.execute(q("wait_advisory_lock"), LEASE_LOCK_KEY)
+
+
+async def advisory_unlock(conn: Executor) -> bool:
+    return bool(await conn.fetchval(q("advisory_unlock"), LEASE_LOCK_KEY))
+
+
+async def acquire_lease(conn: Executor, *, owner: str, ttl: float) -> Epoch:
+    return Epoch(int(await conn.fetchval(q("acquire_lease"), owner, ttl)))
+
+
+async def renew_lease(
+    conn: Executor, *, owner: str, epoch: Epoch, ttl: float, timeout: float | None = None
+) -> datetime | None:
+    value = await conn.fetchval(q("renew_lease"), owner, epoch, ttl, timeout=timeout)
+    return value if isinstance(value, datetime) else None
+
+
+async def release_lease(conn: Executor, *, owner: str, epoch: Epoch) -> None:
+    await conn.execute(q("release_lease"), owner, epoch)
+
+
+async def read_lease(db: Executor) -> Lease:
+    row = await db.fetchrow(q("read_lease"))
+    return Lease(
+        owner=row["owner"],
+        epoch=Epoch(row["epoch"]),
+        acquired_at=row["acquired_at"],
+        heartbeat_at=row["heartbeat_at"],
+        expires_at=row["expires_at"],
+        now=row["now"],
+    )
+
+
+# --- control flags --------------------------------------------------------------------
+
+
+def _flags(row: Any) -> Flags:
+    return Flags(
+        paused=row["paused"],
+        killed=row["killed"],
+        proof_mode=row["proof_mode"],
+        changed_by=row["changed_by"],
+        changed_at=row["changed_at"],
+        reason=row["reason"],
+    )
+
+
+async def read_flags(db: Executor) -> Flags:
+    return _flags(await db.fetchrow(q("read_flags")))
+
+
+async def set_flags(
+    db: Executor,
+    *,
+    changed_by: str,
+    reason: str | None,
+    paused: bool | None = None,
+    killed: bool | None = None,
+    proof_mode: bool | None = None,
+) -> Flags:
+    row = await db.fetchrow(q("set_flags"), paused, killed, proof_mode, changed_by, reason)
+    return _flags(row)
+
+
+# --- claim and results ----------------------------------------------------------------
+
+
+def _action(row: Any) -> Action:
+    return Action(
+        id=ActionId(row["id"]),
+        idempotency_key=row["idempotency_key"],
+        action_type=row["action_type"],
+        payload=row["payload"],
+        status=ActionStatus(row["status"]),
+        priority=row["priority"],
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        not_before=row["not_before"],
+        claim_epoch=None if row["claim_epoch"] is None else Epoch(row["claim_epoch"]),
+        created_at=row["created_at"],
+    )
+
+
+async def claim_actions(
+    db: Executor, *, owner: str, epoch: Epoch, limit: int, claim_ttl: float
+) -> list[Action]:
+    rows = await db.fetch(q("claim_actions"), owner, epoch, limit, claim_ttl)
+    actions = [_action(r) for r in rows]
+    actions.sort(key=lambda a: (-a.priority, a.not_before, a.id))
+    return actions
+
+
+async def finish_action(
+    db: Executor,
+    *,
+    action_id: ActionId,
+    epoch: Epoch,
+    attempt: int,
+    tick: int,
+    duration_ms: float,
+    message: str | None,
+    artifact_ref: str | None,
+    artifact_sha256: str | None,
+) -> bool:
+    value = await db.fetchval(
+        q("finish_action"),
+        action_id,
+        epoch,
+        attempt,
+        tick,
+        duration_ms,
+        message,
+        artifact_ref,
+        artifact_sha256,
+    )
+    return value is not None
+
+
+async def schedule_retry(
+    db: Executor,
+    *,
+    action_id: ActionId,
+    epoch: Epoch,
+    attempt: int,
+    tick: int,
+    duration_ms: float,
+    delay: float,
+    error: str,
+) -> bool:
+    value = await db.fetchval(
+        q("schedule_retry"), action_id, epoch, attempt, tick, duration_ms, delay, error
+    )
+    return value is not None
+
+
+async def dead_letter_action(
+    db: Executor,
+    *,
+    action_id: ActionId,
+    epoch: Epoch,
+    attempt: int,
+    tick: int,
+    duration_ms: float,
+    error: str,
+) -> bool:
+    value = await db.fetchval(
+        q("dead_letter_action"), action_id, epoch, attempt, tick, duration_ms, error
+    )
+    return value is not None
+
+
+async def rescue_expired_claims(db: Executor, *, epoch: Epoch) -> list[tuple[ActionId, str]]:
+    rows = await db.fetch(q("rescue_expired_claims"), epoch)
+    return [(ActionId(r["id"]), str(r["status"])) for r in rows]
+
+
+async def record_tick(
+    db: Executor,
+    *,
+    owner: str,
+    epoch: Epoch,
+    tick: int,
+    duration_ms: float,
+    outcome: TickOutcome,
+    claimed: int = 0,
+    succeeded: int = 0,
+    retried: int = 0,
+    dead: int = 0,
+    error: str | None = None,
+) -> None:
+    await db.execute(
+        q("record_tick"),
+        owner,
+        epoch,
+        tick,
+        duration_ms,
+        str(outcome),
+        claimed,
+        succeeded,
+        retried,
+        dead,
+        error,
+    )
+
+
+async def record_event(
+    db: Executor,
+    *,
+    event: str,
+    message: str,
+    level: str = "info",
+    action_id: ActionId | None = None,
+    epoch: Epoch | None = None,
+    tick: int | None = None,
+) -> None:
+    await db.execute(q("record_event"), action_id, epoch, tick, level, event, message)
+
+
+async def next_wakeup(db: Executor) -> tuple[datetime, datetime | None, datetime | None]:
+    """(database now, earliest due runnable action, earliest claim expiry)."""
+    row = await db.fetchrow(q("next_wakeup"))
+    return row["now"], row["next_due"], row["next_expiry"]
+
+
+# --- operator views -------------------------------------------------------------------
+
+
+async def count_by_status(db: Executor) -> dict[str, int]:
+    counts = {str(s): 0 for s in ActionStatus}
+    for row in await db.fetch(q("count_by_status")):
+        counts[row["status"]] = int(row["n"])
+    return counts
+
+
+async def last_tick(db: Executor) -> TickRecord | None:
+    row = await db.fetchrow(q("last_tick"))
+    if row is None:
+        return None
+    return TickRecord(
+        id=row["id"],
+        owner=row["owner"],
+        epoch=Epoch(row["epoch"]),
+        tick=row["tick"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        duration_ms=row["duration_ms"],
+        outcome=TickOutcome(row["outcome"]),
+        claimed=row["claimed"],
+        succeeded=row["succeeded"],
+        retried=row["retried"],
+        dead=row["dead"],
+        error=row["error"],
+    )
+
+
+async def list_dead(db: Executor, *, limit: int = 50) -> list[dict[str, Any]]:
+    return [dict(r) for r in await db.fetch(q("list_dead"), limit)]
+
+
+async def retry_dead(
+    db: Executor, *, ids: Sequence[int] | None, changed_by: str, reason: str | None
+) -> list[ActionId]:
+    rows = await db.fetch(q("retry_dead"), None if ids is None else list(ids), changed_by, reason)
+    return [ActionId(r["id"]) for r in rows]
+
+
+async def read_action(db: Executor, *, action_id: int) -> dict[str, Any] | None:
+    row = await db.fetchrow(q("read_action"), action_id)
+    return None if row is None else dict(row)
+
+
+async def list_action_logs(db: Executor, *, action_id: int) -> list[dict[str, Any]]:
+    return [dict(r) for r in await db.fetch(q("list_action_logs"), action_id)]
+
+
+async def count_other_clients(db: Executor) -> int:
+    return int(await db.fetchval(q("count_other_clients")))

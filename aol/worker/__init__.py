@@ -1,0 +1,1 @@
+"""The leased worker: lease, tick, dispatch and the run loop."""

@@ -1,0 +1,159 @@
+"""Run one claimed action: find its handler, call it under its own timeout, write the result.
+
+Results are fenced: each write names the claim's epoch and attempt, and a refused write
+(or a lost lease) is logged as `action_result_discarded`, never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aol import policy
+from aol.actions.context import HandlerContext
+from aol.actions.registry import Registry
+from aol.db import store
+from aol.errors import PermanentError
+from aol.logs import get_logger
+from aol.model import Action, AttemptResult
+from aol.settings import Settings
+from aol.worker.lease import Lease
+
+log = get_logger("aol.dispatch")
+ERROR_MAX_CHARS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerContext:
+    """What every tick and attempt needs: pool, lease, settings, handlers, data folder."""
+
+    pool: store.Executor
+    lease: Lease
+    settings: Settings
+    registry: Registry
+    data_dir: Path
+
+
+def describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text[:ERROR_MAX_CHARS]
+
+
+async def run_action(
+    ctx: WorkerContext, action: Action, *, proof: bool, tick: int
+) -> AttemptResult:
+    """Execute one attempt and record its result; returns what became of it."""
+    alog = log.bind(
+        action_id=action.id,
+        action_type=action.action_type,
+        attempt=action.attempts,
+        epoch=ctx.lease.epoch,
+        tick=tick,
+    )
+    hctx = HandlerContext(action=action, proof=proof, log=alog, data_dir=ctx.data_dir)
+    started = time.monotonic()
+    error: BaseException | None = None
+    message: str | None = None
+    try:
+        fn = ctx.registry.get(action.action_type)
+        async with asyncio.timeout(ctx.settings.action_timeout):
+            message = await fn(hctx)
+    except TimeoutError:
+        error = TimeoutError(f"handler timed out after {ctx.settings.action_timeout:g}s")
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a broken handler fails its own action only
+        error = exc
+    duration_ms = (time.monotonic() - started) * 1000
+    return await record_result(
+        ctx,
+        action,
+        tick=tick,
+        duration_ms=duration_ms,
+        error=error,
+        message=message,
+        hctx=hctx,
+        alog=alog,
+    )
+
+
+async def record_result(
+    ctx: WorkerContext,
+    action: Action,
+    *,
+    tick: int,
+    duration_ms: float,
+    error: BaseException | None,
+    message: str | None = None,
+    hctx: HandlerContext | None = None,
+    alog: Any = None,
+) -> AttemptResult:
+    """Write the attempt's outcome under the claim's epoch, or discard it if fenced out."""
+    alog = alog or log.bind(
+        action_id=action.id,
+        action_type=action.action_type,
+        attempt=action.attempts,
+        epoch=ctx.lease.epoch,
+        tick=tick,
+    )
+    s = ctx.settings
+    common: dict[str, Any] = {
+        "action_id": action.id,
+        "epoch": ctx.lease.epoch,
+        "attempt": action.attempts,
+        "tick": tick,
+        "duration_ms": round(duration_ms, 3),
+    }
+    if not ctx.lease.held:
+        alog.warning(
+            "action_result_discarded",
+            reason="lease lost",
+            outcome="error" if error else "succeeded",
+        )
+        return AttemptResult.DISCARDED
+
+    if error is None:
+        artifact = hctx.artifacts[0] if hctx and hctx.artifacts else None
+        written = await store.finish_action(
+            ctx.pool,
+            **common,
+            message=message,
+            artifact_ref=str(artifact.path) if artifact else None,
+            artifact_sha256=artifact.sha256 if artifact else None,
+        )
+        result, event = AttemptResult.SUCCEEDED, "action_succeeded"
+        extra: dict[str, Any] = {}
+        if artifact:
+            extra = {"artifact_ref": str(artifact.path), "artifact_sha256": artifact.sha256}
+    else:
+        text = describe(error)
+        verdict = policy.after_failure(
+            attempt=action.attempts,
+            max_attempts=action.max_attempts,
+            permanent=isinstance(error, PermanentError),
+        )
+        if verdict is AttemptResult.DEAD:
+            written = await store.dead_letter_action(ctx.pool, **common, error=text)
+            result, event = AttemptResult.DEAD, "action_dead"
+            extra = {"error_type": type(error).__name__, "error": text}
+        else:
+            delay = policy.backoff_delay(action.attempts, base=s.backoff_base, cap=s.backoff_max)
+            written = await store.schedule_retry(ctx.pool, **common, delay=delay, error=text)
+            result, event = AttemptResult.RETRY, "action_retry_scheduled"
+            extra = {"error_type": type(error).__name__, "error": text, "retry_in_s": delay}
+
+    if not written:
+        alog.warning(
+            "action_result_discarded",
+            reason="claim no longer held at this epoch",
+            outcome=str(result),
+        )
+        return AttemptResult.DISCARDED
+    level = "info" if result is AttemptResult.SUCCEEDED else "warning"
+    if result is AttemptResult.DEAD:
+        level = "error"
+    getattr(alog, level)(event, duration_ms=round(duration_ms, 3), **extra)
+    return result

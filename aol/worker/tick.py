@@ -1,0 +1,176 @@
+"""One tick: read the flags, rescue expired claims, claim, dispatch, record the ledger row.
+
+A tick runs under `asyncio.timeout(tick_timeout)`. Actions whose attempt was cut short by
+the tick timeout (or by shutdown) are recorded as failed attempts, so nothing is left in
+`running` by a live worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+from aol import policy
+from aol.db import store
+from aol.logs import get_logger
+from aol.model import Action, AttemptResult, TickOutcome
+from aol.worker.dispatch import WorkerContext, record_result, run_action
+
+log = get_logger("aol.tick")
+CLEANUP_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class TickReport:
+    tick: int
+    outcome: TickOutcome
+    claimed: int = 0
+    succeeded: int = 0
+    retried: int = 0
+    dead: int = 0
+    discarded: int = 0
+    rescued: int = 0
+    duration_ms: float = 0.0
+    error: str | None = None
+
+
+async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
+    started = time.monotonic()
+    results: dict[int, AttemptResult] = {}
+    claimed: list[Action] = []
+    outcome: TickOutcome
+    error: str | None = None
+    rescued = 0
+    timed_out = failed = False
+    try:
+        async with asyncio.timeout(ctx.settings.tick_timeout):
+            flags = await store.read_flags(ctx.pool)
+            if flags.killed:
+                outcome = TickOutcome.KILLED
+            elif flags.paused:
+                outcome = TickOutcome.PAUSED
+            elif not ctx.lease.held:
+                outcome = TickOutcome.ERROR
+                error = "lease lost"
+            else:
+                rescued = await _rescue(ctx)
+                claimed = await store.claim_actions(
+                    ctx.pool,
+                    owner=ctx.lease.owner,
+                    epoch=ctx.lease.epoch,
+                    limit=ctx.settings.batch_size,
+                    claim_ttl=ctx.settings.claim_ttl,
+                )
+                await asyncio.gather(
+                    *(_run_into(ctx, a, flags.proof_mode, tick, results) for a in claimed)
+                )
+                outcome = policy.tick_outcome(claimed=len(claimed), timed_out=False, failed=False)
+    except TimeoutError:
+        timed_out = True
+        error = f"tick exceeded its timeout of {ctx.settings.tick_timeout:g}s"
+        log.error("tick_timeout", tick=tick, epoch=ctx.lease.epoch, error=error)
+    except asyncio.CancelledError:
+        # Shutdown past its grace period: close the books on what was claimed, then go.
+        await _fail_unfinished(ctx, claimed, results, tick, "worker stopped mid-attempt")
+        raise
+    except Exception as exc:  # the database went away, or a bug: the tick fails, not the worker
+        failed = True
+        error = f"{type(exc).__name__}: {exc}"
+        log.error(
+            "tick_failed",
+            tick=tick,
+            epoch=ctx.lease.epoch,
+            error=error,
+            error_type=type(exc).__name__,
+        )
+    if timed_out or failed:
+        await _fail_unfinished(ctx, claimed, results, tick, error or "tick failed")
+        outcome = policy.tick_outcome(claimed=len(claimed), timed_out=timed_out, failed=failed)
+
+    counts = list(results.values())
+    report = TickReport(
+        tick=tick,
+        outcome=outcome,
+        claimed=len(claimed),
+        succeeded=counts.count(AttemptResult.SUCCEEDED),
+        retried=counts.count(AttemptResult.RETRY),
+        dead=counts.count(AttemptResult.DEAD),
+        discarded=counts.count(AttemptResult.DISCARDED),
+        rescued=rescued,
+        duration_ms=round((time.monotonic() - started) * 1000, 3),
+        error=error,
+    )
+    await _record(ctx, report)
+    return report
+
+
+async def _run_into(
+    ctx: WorkerContext, action: Action, proof: bool, tick: int, results: dict[int, AttemptResult]
+) -> None:
+    results[action.id] = await run_action(ctx, action, proof=proof, tick=tick)
+
+
+async def _rescue(ctx: WorkerContext) -> int:
+    rescued = await store.rescue_expired_claims(ctx.pool, epoch=ctx.lease.epoch)
+    for action_id, status in rescued:
+        log.warning("action_rescued", action_id=action_id, status=status, epoch=ctx.lease.epoch)
+    return len(rescued)
+
+
+async def _fail_unfinished(
+    ctx: WorkerContext,
+    claimed: list[Action],
+    results: dict[int, AttemptResult],
+    tick: int,
+    reason: str,
+) -> None:
+    """Record a failed attempt for every claimed action that has no result yet."""
+    pending = [a for a in claimed if a.id not in results]
+    if not pending:
+        return
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(CLEANUP_TIMEOUT):
+            for action in pending:
+                results[action.id] = await record_result(
+                    ctx, action, tick=tick, duration_ms=0.0, error=TimeoutError(reason)
+                )
+
+
+async def _record(ctx: WorkerContext, report: TickReport) -> None:
+    fields = {
+        "tick": report.tick,
+        "epoch": ctx.lease.epoch,
+        "owner": ctx.lease.owner,
+        "outcome": str(report.outcome),
+        "claimed": report.claimed,
+        "succeeded": report.succeeded,
+        "retried": report.retried,
+        "dead": report.dead,
+        "duration_ms": report.duration_ms,
+    }
+    if report.discarded:
+        fields["discarded"] = report.discarded
+    if report.rescued:
+        fields["rescued"] = report.rescued
+    if report.error:
+        fields["error"] = report.error
+    try:
+        async with asyncio.timeout(CLEANUP_TIMEOUT):
+            await store.record_tick(
+                ctx.pool,
+                owner=ctx.lease.owner,
+                epoch=ctx.lease.epoch,
+                tick=report.tick,
+                duration_ms=report.duration_ms,
+                outcome=report.outcome,
+                claimed=report.claimed,
+                succeeded=report.succeeded,
+                retried=report.retried,
+                dead=report.dead,
+                error=report.error,
+            )
+    except Exception as exc:  # the ledger is best effort when the database is gone
+        fields["ledger_error"] = f"{type(exc).__name__}: {exc}"
+    log.info("tick_finished", **fields)
