@@ -3,7 +3,8 @@
 Durable, leased, auditable execution of an agent's side-effecting actions on PostgreSQL.
 """
 
-from aol.actions.context import Artifact, HandlerContext
+from aol.actions.artifacts import Artifact
+from aol.actions.context import HandlerContext
 from aol.actions.registry import Registry, default_registry, handler
 from aol.client import Client, enqueue
 from aol.errors import (

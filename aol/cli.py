@@ -48,13 +48,17 @@ def _settings(ctx: click.Context, **flags: Any) -> Settings:
 
 def _run(coro: Awaitable[T]) -> T:
     try:
-        return asyncio.run(coro)  # type: ignore[arg-type]
+        return asyncio.run(_as_coroutine(coro))
     except LeaseHeld as exc:
         click.echo(f"aol: {exc}", err=True)
         sys.exit(EXIT_LEASE_HELD)
     except AolError as exc:
         click.echo(f"aol: {exc}", err=True)
         sys.exit(EXIT_ERROR)
+
+
+async def _as_coroutine(aw: Awaitable[T]) -> T:
+    return await aw
 
 
 async def _with_db(settings: Settings, fn: Callable[[ResolvedDatabase], Awaitable[T]]) -> T:
@@ -142,7 +146,7 @@ def migrate(ctx: click.Context, revision: str) -> None:
 @click.option("--shutdown-grace", type=float, default=None, help="Drain on SIGTERM, s (15).")
 @click.option("--owner", default=None, help="Lease owner name (host:pid).")
 @click.pass_context
-def run(ctx: click.Context, ticks: int | None, **flags: Any) -> None:
+def run(ctx: click.Context, /, ticks: int | None, **flags: Any) -> None:
     """Run the worker: hold the lease and execute actions."""
     from aol.worker.runner import run_worker
 

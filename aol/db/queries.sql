@@ -10,8 +10,9 @@ SELECT to_regclass('public.aol_alembic_version')::text;
 SELECT version_num FROM public.aol_alembic_version;
 
 -- name: enqueue_action
--- $1 action_type, $2 payload, $3 idempotency_key, $4 not_before, $5 priority, $6 max_attempts
-SELECT aol.enqueue($1, $2::jsonb, $3, $4, $5, $6);
+-- $1 action_type, $2 payload as JSON text (so any connection works, whatever its codecs),
+-- $3 idempotency_key, $4 not_before, $5 priority, $6 max_attempts
+SELECT aol.enqueue($1, $2::text::jsonb, $3, $4, $5, $6);
 
 -- name: try_advisory_lock
 -- The lease lock: session-level, on the worker's dedicated lock connection only.

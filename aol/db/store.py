@@ -7,6 +7,7 @@ and return False when the database refused them because the claim or the lease m
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from datetime import datetime
@@ -90,7 +91,7 @@ async def enqueue_action(
     value = await db.fetchval(
         q("enqueue_action"),
         action_type,
-        payload,
+        json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
         idempotency_key,
         not_before,
         priority,

@@ -1,0 +1,82 @@
+"""Migrations: up, down, up gives the same catalogue; the worker refuses unknown revisions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import pytest
+
+from aol.db import store
+from aol.db.migrate import check_revision, downgrade, head_revision, upgrade
+from aol.errors import SchemaMismatch
+
+CATALOGUE = """
+SELECT 'column' AS kind, table_name || '.' || column_name || ' ' || data_type || ' '
+       || is_nullable || ' ' || coalesce(column_default, '') AS item
+  FROM information_schema.columns WHERE table_schema = 'aol'
+UNION ALL
+SELECT 'constraint', conrelid::regclass::text || ' ' || conname || ' '
+       || pg_get_constraintdef(oid)
+  FROM pg_constraint WHERE connamespace = 'aol'::regnamespace
+UNION ALL
+SELECT 'index', indexdef FROM pg_indexes WHERE schemaname = 'aol'
+UNION ALL
+SELECT 'function', p.oid::regprocedure::text || ' ' || md5(p.prosrc)
+  FROM pg_proc p WHERE p.pronamespace = 'aol'::regnamespace
+UNION ALL
+SELECT 'trigger', tgrelid::regclass::text || ' ' || tgname || ' ' || pg_get_triggerdef(oid)
+  FROM pg_trigger WHERE NOT tgisinternal AND tgrelid::regclass::text LIKE 'aol.%'
+ORDER BY 1, 2
+"""
+
+
+async def snapshot(url: str) -> list[tuple[str, str]]:
+    conn: asyncpg.Connection[Any] = await asyncpg.connect(url)
+    try:
+        if await conn.fetchval("SELECT to_regnamespace('aol')") is None:
+            return []
+        return [(r["kind"], r["item"]) for r in await conn.fetch(CATALOGUE)]
+    finally:
+        await conn.close()
+
+
+async def test_up_down_up_gives_the_same_schema(empty_db_url: str) -> None:
+    assert await snapshot(empty_db_url) == []
+    await upgrade(empty_db_url)
+    first = await snapshot(empty_db_url)
+    kinds = {kind for kind, _ in first}
+    assert kinds == {"column", "constraint", "index", "function", "trigger"}
+    assert any("actions_runnable_idx" in item for _, item in first)
+    await downgrade(empty_db_url, "base")
+    assert await snapshot(empty_db_url) == []
+    await upgrade(empty_db_url)
+    assert await snapshot(empty_db_url) == first
+
+
+async def test_upgrade_twice_is_a_no_op(empty_db_url: str) -> None:
+    await upgrade(empty_db_url)
+    await upgrade(empty_db_url)
+    conn = await asyncpg.connect(empty_db_url)
+    try:
+        assert await store.read_schema_revision(conn) == head_revision()
+    finally:
+        await conn.close()
+
+
+async def test_a_database_without_the_schema_is_refused_with_the_fix(empty_db_url: str) -> None:
+    conn = await asyncpg.connect(empty_db_url)
+    try:
+        current = await store.read_schema_revision(conn)
+    finally:
+        await conn.close()
+    assert current is None
+    with pytest.raises(SchemaMismatch, match="run `aol migrate`"):
+        check_revision(current)
+
+
+def test_an_unknown_newer_revision_is_refused_naming_both() -> None:
+    with pytest.raises(SchemaMismatch) as caught:
+        check_revision("9999_future")
+    assert "9999_future" in str(caught.value)
+    assert head_revision() in str(caught.value)
