@@ -36,11 +36,19 @@ UPDATE aol.lease
 RETURNING epoch;
 
 -- name: renew_lease
--- Heartbeat. No row back means another holder has moved the epoch on.
--- $1 owner, $2 epoch, $3 ttl seconds
+-- Heartbeat, sent on the lock connection. No row back means another holder has moved the
+-- epoch on, or this session no longer holds the advisory lock (a bigint key shows in
+-- pg_locks as classid = high 32 bits, objid = low 32 bits, objsubid = 1).
+-- $1 owner, $2 epoch, $3 ttl seconds, $4 lock key
 UPDATE aol.lease
    SET heartbeat_at = now(), expires_at = now() + make_interval(secs => $3)
  WHERE id = 1 AND owner = $1 AND epoch = $2
+   AND EXISTS (SELECT 1 FROM pg_locks
+                WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                  AND classid = ($4::bigint >> 32)::oid
+                  AND objid = ($4::bigint & 4294967295)::oid
+                  AND objsubid = 1)
 RETURNING expires_at;
 
 -- name: release_lease

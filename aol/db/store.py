@@ -122,7 +122,9 @@ async def acquire_lease(conn: Executor, *, owner: str, ttl: float) -> Epoch:
 async def renew_lease(
     conn: Executor, *, owner: str, epoch: Epoch, ttl: float, timeout: float | None = None
 ) -> datetime | None:
-    value = await conn.fetchval(q("renew_lease"), owner, epoch, ttl, timeout=timeout)
+    value = await conn.fetchval(
+        q("renew_lease"), owner, epoch, ttl, LEASE_LOCK_KEY, timeout=timeout
+    )
     return value if isinstance(value, datetime) else None
 
 
