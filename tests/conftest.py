@@ -96,32 +96,35 @@ async def template_db(server_url: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-@pytest.fixture
-async def db_url(server_url: str, template_db: str) -> AsyncIterator[str]:
-    """A fresh, migrated database for one test."""
-    name = f"aol_t_{os.getpid()}_{next(_counter)}"
+@contextlib.asynccontextmanager
+async def scratch_database(
+    server_url: str, prefix: str, template: str | None = None
+) -> AsyncIterator[str]:
+    """Create a database (optionally from a template), yield its URL, drop it afterwards."""
+    name = f"{prefix}_{os.getpid()}_{next(_counter)}"
     admin = await _admin(server_url)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+        clause = f' TEMPLATE "{template}"' if template else ""
+        await admin.execute(f'CREATE DATABASE "{name}"{clause}')
         yield with_database(server_url, name)
     finally:
         with contextlib.suppress(Exception):
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture
+async def db_url(server_url: str, template_db: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test."""
+    async with scratch_database(server_url, "aol_t", template_db) as url:
+        yield url
 
 
 @pytest.fixture
 async def empty_db_url(server_url: str) -> AsyncIterator[str]:
     """A fresh database with no aol schema (for migration tests)."""
-    name = f"aol_e_{os.getpid()}_{next(_counter)}"
-    admin = await _admin(server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield with_database(server_url, name)
-    finally:
-        with contextlib.suppress(Exception):
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with scratch_database(server_url, "aol_e") as url:
+        yield url
 
 
 @pytest.fixture

@@ -71,9 +71,7 @@ async def connect(url: str, *, application_name: str = "aol") -> asyncpg.Connect
             server_settings={"application_name": application_name},
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise DatabaseUnavailable(
-            f"cannot connect to {mask_url(url)}: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise unavailable(url, exc) from exc
     await init_connection(conn)
     return conn
 
@@ -92,10 +90,15 @@ async def create_pool(
             server_settings={"application_name": application_name},
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise DatabaseUnavailable(
-            f"cannot connect to {mask_url(url)}: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise unavailable(url, exc) from exc
     return pool
+
+
+def unavailable(url: str, exc: BaseException) -> DatabaseUnavailable:
+    return DatabaseUnavailable(
+        f"cannot connect to {mask_url(url)}: {type(exc).__name__}: {exc}; "
+        "check that PostgreSQL runs there and the URL is right"
+    )
 
 
 @asynccontextmanager
