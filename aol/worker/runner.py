@@ -55,7 +55,10 @@ async def run_worker(
         **{k: v for k, v in settings.masked().items() if k not in ("owner", "handlers")},
     )
     while True:
-        lease = await lease_mod.acquire(settings, url, standby=settings.standby)
+        lease = await _acquire(settings, url, stop)
+        if lease is None:
+            log.info("worker_stopped", owner=settings.owner, epoch=None, exit_code=EXIT_OK)
+            return EXIT_OK
         lease.start_heartbeat()
         try:
             code = await _serve(settings, url, lease, registry, stop, ticks)
@@ -66,6 +69,28 @@ async def run_worker(
             continue
         log.info("worker_stopped", owner=settings.owner, epoch=lease.epoch, exit_code=code)
         return code
+
+
+async def _acquire(settings: Settings, url: str, stop: asyncio.Event) -> lease_mod.Lease | None:
+    """Take the lease; None when a stop signal ends the wait first (a standby blocked on the
+    lock must still honour SIGTERM instead of hanging until the holder exits)."""
+    acquiring = asyncio.create_task(
+        lease_mod.acquire(settings, url, standby=settings.standby), name="aol-acquire"
+    )
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({acquiring, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not acquiring.done():
+            acquiring.cancel()  # closes the lock connection, which drops the wait
+    try:
+        return await acquiring
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+        return None
 
 
 async def _serve(
