@@ -63,9 +63,15 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
                     limit=ctx.settings.batch_size,
                     claim_ttl=ctx.settings.claim_ttl,
                 )
-                await asyncio.gather(
-                    *(_run_into(ctx, a, flags.proof_mode, tick, results) for a in claimed)
+                ended = await asyncio.gather(
+                    *(_run_into(ctx, a, flags.proof_mode, tick, results) for a in claimed),
+                    return_exceptions=True,
                 )
+                # A failure fails the tick only once every attempt has ended: a sibling
+                # still running must not be recorded as failed (and claimed again).
+                for failure in ended:
+                    if isinstance(failure, BaseException):
+                        raise failure
                 outcome = policy.tick_outcome(claimed=len(claimed), timed_out=False, failed=False)
     except TimeoutError:
         timed_out = True
@@ -74,6 +80,10 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
     except asyncio.CancelledError:
         # Shutdown past its grace period: close the books on what was claimed, then go.
         await _fail_unfinished(ctx, claimed, results, tick, "worker stopped mid-attempt")
+        cancelled = "cancelled at shutdown"
+        await _record(
+            ctx, _report(tick, TickOutcome.ERROR, claimed, results, rescued, started, cancelled)
+        )
         raise
     except Exception as exc:  # the database went away, or a bug: the tick fails, not the worker
         failed = True
@@ -89,8 +99,22 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
         await _fail_unfinished(ctx, claimed, results, tick, error or "tick failed")
         outcome = policy.tick_outcome(claimed=len(claimed), timed_out=timed_out, failed=failed)
 
+    report = _report(tick, outcome, claimed, results, rescued, started, error)
+    await _record(ctx, report)
+    return report
+
+
+def _report(
+    tick: int,
+    outcome: TickOutcome,
+    claimed: list[Action],
+    results: dict[int, AttemptResult],
+    rescued: int,
+    started: float,
+    error: str | None,
+) -> TickReport:
     counts = list(results.values())
-    report = TickReport(
+    return TickReport(
         tick=tick,
         outcome=outcome,
         claimed=len(claimed),
@@ -102,8 +126,6 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
         duration_ms=round((time.monotonic() - started) * 1000, 3),
         error=error,
     )
-    await _record(ctx, report)
-    return report
 
 
 async def _run_into(

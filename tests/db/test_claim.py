@@ -1,0 +1,256 @@
+"""Claiming, fenced result writes and rescue, straight against the SQL in queries.sql."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import asyncpg
+import pytest
+
+from aol.db import store
+from aol.db.connect import create_pool
+from aol.model import ActionId, Epoch
+from tests.factory import insert_action
+
+OWNER = "o"
+CLAIMERS = 16
+ACTIONS = 500
+LIMIT = 7
+
+
+async def set_lease(db: asyncpg.Pool[Any], *, owner: str = OWNER, epoch: int = 1) -> None:
+    await db.execute("UPDATE aol.lease SET owner = $1, epoch = $2 WHERE id = 1", owner, epoch)
+
+
+async def claim(db: store.Executor, *, epoch: int = 1, limit: int = LIMIT) -> list[int]:
+    claimed = await store.claim_actions(
+        db, owner=OWNER, epoch=Epoch(epoch), limit=limit, claim_ttl=30
+    )
+    return [a.id for a in claimed]
+
+
+async def row(db: asyncpg.Pool[Any], action_id: int) -> dict[str, Any]:
+    found = await db.fetchrow("SELECT * FROM aol.actions WHERE id = $1", action_id)
+    assert found is not None
+    return dict(found)
+
+
+async def log_events(db: asyncpg.Pool[Any]) -> list[tuple[int | None, str]]:
+    rows = await db.fetch("SELECT action_id, event FROM aol.execution_logs ORDER BY id")
+    return [(r["action_id"], r["event"]) for r in rows]
+
+
+async def test_concurrent_claimers_never_claim_an_action_twice(db_url: str) -> None:
+    claimers = await create_pool(
+        db_url, min_size=CLAIMERS, max_size=CLAIMERS, application_name="aol-test-claimer"
+    )
+    try:
+        await set_lease(claimers)
+        await claimers.execute(
+            "INSERT INTO aol.actions (idempotency_key, action_type) "
+            "SELECT 'bulk-' || g, 'T' FROM generate_series(1, $1::int) g",
+            ACTIONS,
+        )
+        ready, go = asyncio.Event(), asyncio.Event()
+        holding: list[object] = []
+        batch_sizes: list[int] = []
+
+        async def claimer() -> list[int]:
+            got: list[int] = []
+            async with claimers.acquire() as conn:
+                holding.append(conn)
+                if len(holding) == CLAIMERS:
+                    ready.set()
+                await go.wait()
+                while batch := await claim(conn):
+                    assert len(batch) <= LIMIT
+                    batch_sizes.append(len(batch))
+                    got.extend(batch)
+            return got
+
+        tasks = [asyncio.create_task(claimer()) for _ in range(CLAIMERS)]
+        await asyncio.wait_for(ready.wait(), timeout=10)  # each on its own connection
+        go.set()
+        per_claimer = await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
+
+        every = [i for got in per_claimer for i in got]
+        duplicates = [i for i, n in Counter(every).items() if n > 1]
+        assert duplicates == []
+        assert len(every) == len(set(every)) == ACTIONS
+        assert sum(batch_sizes) == ACTIONS
+        assert sum(1 for got in per_claimer if got) > 1  # the claimers really did overlap
+        by_state = await claimers.fetch(
+            "SELECT status, attempts, claimed_by, claim_epoch, count(*) AS n FROM aol.actions "
+            "GROUP BY 1, 2, 3, 4"
+        )
+        assert [dict(r) for r in by_state] == [
+            {
+                "status": "running",
+                "attempts": 1,
+                "claimed_by": OWNER,
+                "claim_epoch": 1,
+                "n": ACTIONS,
+            }
+        ]
+        ids = {r["id"] for r in await claimers.fetch("SELECT id FROM aol.actions")}
+        assert set(every) == ids
+    finally:
+        await asyncio.wait_for(claimers.close(), timeout=10)
+
+
+async def test_a_claimer_with_a_stale_epoch_claims_nothing(pool: asyncpg.Pool[Any]) -> None:
+    await set_lease(pool, epoch=2)
+    action_id = await insert_action(pool)
+
+    assert await claim(pool, epoch=1) == []
+    other_owner = await store.claim_actions(
+        pool, owner="someone-else", epoch=Epoch(2), limit=5, claim_ttl=30
+    )
+    assert other_owner == []
+
+    untouched = await row(pool, action_id)
+    assert (untouched["status"], untouched["attempts"], untouched["claim_epoch"]) == (
+        "pending",
+        0,
+        None,
+    )
+    assert await claim(pool, epoch=2) == [action_id]  # the current holder does claim it
+
+
+async def test_higher_priority_is_claimed_first_and_future_actions_wait(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    await set_lease(pool)
+    low = await insert_action(pool, priority=-1)
+    normal_later = await insert_action(
+        pool, priority=0, sql_not_before="now() - interval '1 minute'"
+    )
+    normal_earlier = await insert_action(
+        pool, priority=0, sql_not_before="now() - interval '1 hour'"
+    )
+    high = await insert_action(pool, priority=10)
+    future = await insert_action(pool, priority=100, sql_not_before="now() + interval '1 hour'")
+    medium = await insert_action(pool, priority=5)
+
+    assert await claim(pool, limit=2) == [high, medium]
+    assert await claim(pool, limit=2) == [normal_earlier, normal_later]
+    assert await claim(pool, limit=10) == [low]
+    assert await claim(pool, limit=10) == []
+
+    waiting = await row(pool, future)
+    assert (waiting["status"], waiting["attempts"]) == ("pending", 0)
+
+
+async def test_running_succeeded_and_dead_actions_are_not_claimed(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    await set_lease(pool)
+    for status in ("succeeded", "dead", "cancelled"):
+        await insert_action(pool, status=status)
+    await insert_action(
+        pool, status="running", claim_epoch=1, sql_claim_expires_at="now() + interval '1 hour'"
+    )
+    retry = await insert_action(pool, status="retry", attempts=1)
+
+    assert await claim(pool, limit=10) == [retry]
+    assert (await row(pool, retry))["attempts"] == 2
+
+
+@pytest.mark.parametrize(
+    ("write_epoch", "write_attempt", "lease_epoch"),
+    [
+        pytest.param(2, 1, 1, id="epoch-not-the-claims"),
+        pytest.param(1, 2, 1, id="wrong-attempt"),
+        pytest.param(1, 1, 2, id="lease-moved-on"),
+    ],
+)
+async def test_fenced_writes_with_a_stale_claim_change_nothing(
+    pool: asyncpg.Pool[Any], write_epoch: int, write_attempt: int, lease_epoch: int
+) -> None:
+    await set_lease(pool)
+    action_id = await insert_action(pool)
+    assert await claim(pool) == [action_id]
+    before = await row(pool, action_id)
+    await set_lease(pool, epoch=lease_epoch)
+
+    common: dict[str, Any] = {
+        "action_id": ActionId(action_id),
+        "epoch": Epoch(write_epoch),
+        "attempt": write_attempt,
+        "tick": 1,
+        "duration_ms": 1.0,
+    }
+    assert not await store.finish_action(
+        pool, **common, message="late", artifact_ref=None, artifact_sha256=None
+    )
+    assert not await store.schedule_retry(pool, **common, delay=0.1, error="late")
+    assert not await store.dead_letter_action(pool, **common, error="late")
+
+    assert await row(pool, action_id) == before
+    assert await log_events(pool) == []
+
+
+async def test_fenced_write_by_the_current_claim_is_stored_once(pool: asyncpg.Pool[Any]) -> None:
+    await set_lease(pool)
+    action_id = await insert_action(pool)
+    assert await claim(pool) == [action_id]
+    common: dict[str, Any] = {
+        "action_id": ActionId(action_id),
+        "epoch": Epoch(1),
+        "attempt": 1,
+        "tick": 1,
+        "duration_ms": 1.0,
+    }
+
+    assert await store.finish_action(
+        pool, **common, message="done", artifact_ref=None, artifact_sha256=None
+    )
+    # The row is no longer running: a second result for the same attempt is refused.
+    assert not await store.finish_action(
+        pool, **common, message="again", artifact_ref=None, artifact_sha256=None
+    )
+    assert not await store.schedule_retry(pool, **common, delay=0.1, error="late")
+
+    done = await row(pool, action_id)
+    assert (done["status"], done["attempts"], done["last_error"]) == ("succeeded", 1, None)
+    assert done["finished_at"] is not None
+    assert await log_events(pool) == [(action_id, "action_succeeded")]
+
+
+async def test_rescue_moves_expired_claims_to_retry_or_dead_and_leaves_live_ones(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    await set_lease(pool, epoch=2)
+    claim_cols: dict[str, Any] = {"status": "running", "claim_epoch": 1, "claimed_by": "old"}
+    expired = "now() - interval '1 second'"
+    live = "now() + interval '1 hour'"
+    to_retry = await insert_action(
+        pool, **claim_cols, attempts=1, max_attempts=3, sql_claim_expires_at=expired
+    )
+    to_dead = await insert_action(
+        pool, **claim_cols, attempts=3, max_attempts=3, sql_claim_expires_at=expired
+    )
+    still_live = await insert_action(
+        pool, **claim_cols, attempts=1, max_attempts=3, sql_claim_expires_at=live
+    )
+    live_before = await row(pool, still_live)
+
+    assert await store.rescue_expired_claims(pool, epoch=Epoch(1)) == []  # stale: no rescue
+    assert await log_events(pool) == []
+
+    rescued = await store.rescue_expired_claims(pool, epoch=Epoch(2))
+
+    assert rescued == [(to_retry, "retry"), (to_dead, "dead")]
+    retried, dead = await row(pool, to_retry), await row(pool, to_dead)
+    assert (retried["status"], retried["attempts"], retried["finished_at"]) == ("retry", 1, None)
+    assert (dead["status"], dead["attempts"]) == ("dead", 3)
+    assert dead["finished_at"] is not None
+    for rescued_row in (retried, dead):
+        assert "claim by old (epoch 1) expired" in rescued_row["last_error"]
+    assert await row(pool, still_live) == live_before
+    assert await log_events(pool) == [(to_retry, "action_rescued"), (to_dead, "action_rescued")]
+
+    assert await store.rescue_expired_claims(pool, epoch=Epoch(2)) == []  # nothing twice
+    assert await claim(pool, epoch=2) == [to_retry]  # runnable again; the dead one is not
