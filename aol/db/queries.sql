@@ -226,8 +226,9 @@ SELECT id, idempotency_key, action_type, attempts, max_attempts, last_error, upd
  LIMIT $1;
 
 -- name: retry_dead
--- Return dead actions to retry, now. Each gets as many attempts again as it has used
--- (max_attempts is raised; the attempt count and history stay). NULL $1 means all dead.
+-- Return dead actions to retry, now. Each gets max_attempts more attempts (max_attempts is
+-- raised by that much, capped at 1000; the attempt count and history stay).
+-- NULL $1 means every dead action.
 -- $1 ids (bigint[] or NULL), $2 changed_by, $3 reason
 WITH moved AS (
     UPDATE aol.actions a

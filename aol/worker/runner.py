@@ -125,6 +125,7 @@ async def _loop(
 ) -> int:
     settings, lease = ctx.settings, ctx.lease
     tick_no = 0
+    rechecked = False
     while not stop.is_set():
         if not lease.held:
             return EXIT_LEASE_LOST
@@ -140,7 +141,11 @@ async def _loop(
             continue
         if report.claimed >= settings.batch_size and report.outcome is TickOutcome.OK:
             continue  # a full batch: more work is probably waiting
-        delay = await _idle_delay(ctx, report)
+        delay = await _idle_delay(ctx, report, rechecked=rechecked)
+        # An action that fell due between the claim and the look at the clock gets one
+        # immediate tick; a second empty one in a row means the due rows are locked
+        # elsewhere, and the worker backs off instead of spinning.
+        rechecked = delay == 0 and report.claimed == 0
         if delay > 0:
             await _sleep(delay, listener.wake, stop, lease.lost)
     if stop.is_set():
@@ -174,7 +179,7 @@ async def _tick_with_grace(ctx: WorkerContext, tick_no: int, stop: asyncio.Event
         stopper.cancel()
 
 
-async def _idle_delay(ctx: WorkerContext, report: TickReport) -> float:
+async def _idle_delay(ctx: WorkerContext, report: TickReport, *, rechecked: bool) -> float:
     scan = ctx.settings.scan_interval
     if report.outcome in (TickOutcome.PAUSED, TickOutcome.ERROR, TickOutcome.TIMEOUT):
         return scan if report.outcome is TickOutcome.PAUSED else UNCLAIMABLE_BACKOFF
@@ -188,7 +193,7 @@ async def _idle_delay(ctx: WorkerContext, report: TickReport) -> float:
     delay = policy.sleep_seconds(
         now=now, next_due=min(candidates, default=None), scan_interval=scan
     )
-    if delay == 0 and report.claimed == 0:
+    if delay == 0 and report.claimed == 0 and rechecked:
         return UNCLAIMABLE_BACKOFF
     return delay
 

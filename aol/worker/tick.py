@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from aol import policy
 from aol.db import store
+from aol.errors import AttemptInterrupted
 from aol.logs import get_logger
 from aol.model import Action, AttemptResult, TickOutcome
 from aol.worker.dispatch import WorkerContext, record_result, run_action
@@ -156,7 +157,7 @@ async def _fail_unfinished(
         async with asyncio.timeout(CLEANUP_TIMEOUT):
             for action in pending:
                 results[action.id] = await record_result(
-                    ctx, action, tick=tick, duration_ms=0.0, error=TimeoutError(reason)
+                    ctx, action, tick=tick, duration_ms=0.0, error=AttemptInterrupted(reason)
                 )
 
 
