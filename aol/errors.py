@@ -48,6 +48,10 @@ class LeaseLost(AolError):
         super().__init__(f"lease lost at epoch {epoch}: {reason}")
 
 
+class HandlerTimeout(AolError):
+    """The handler did not finish within its timeout."""
+
+
 class AttemptInterrupted(AolError):
     """The attempt was cut short before its handler finished."""
 

@@ -58,6 +58,7 @@ class AttemptResult(StrEnum):
     SUCCEEDED = "succeeded"
     RETRY = "retry"
     DEAD = "dead"
+    CANCELLED = "cancelled"
     DISCARDED = "discarded"
 
 
@@ -88,6 +89,8 @@ class Lease:
     heartbeat_at: datetime | None
     expires_at: datetime | None
     now: datetime
+    holder_pid: int | None = None
+    previous_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,7 @@ class Flags:
     changed_by: str | None
     changed_at: datetime | None
     reason: str | None
+    kill_cancels: bool = False
 
 
 @dataclass(frozen=True, slots=True)

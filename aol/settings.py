@@ -26,6 +26,7 @@ CLAIM_GRACE_DEFAULT = 10.0
 BACKOFF_BASE_DEFAULT = 5.0
 BACKOFF_MAX_DEFAULT = 600.0
 SHUTDOWN_GRACE_DEFAULT = 15.0
+LISTEN_PROBE_INTERVAL_DEFAULT = 10.0
 LOG_FORMAT_DEFAULT = "json"
 LOG_FORMATS = ("json", "console")
 
@@ -62,6 +63,9 @@ class Settings:
     log_format: str = LOG_FORMAT_DEFAULT
     handlers: tuple[str, ...] = ()
     standby: bool = False
+    listen: bool = True
+    listen_probe_interval: float = LISTEN_PROBE_INTERVAL_DEFAULT
+    watchdog: bool = True
 
     @property
     def claim_ttl(self) -> float:
@@ -108,6 +112,9 @@ _SOURCES: dict[str, tuple[str, Callable[[str], Any], str]] = {
         "comma-separated module names",
     ),
     "standby": ("AOL_STANDBY", lambda v: _parse_bool(v), "true or false"),
+    "listen": ("AOL_LISTEN", lambda v: _parse_bool(v), "true or false"),
+    "listen_probe_interval": ("AOL_LISTEN_PROBE_INTERVAL", float, "seconds, > 0"),
+    "watchdog": ("AOL_WATCHDOG", lambda v: _parse_bool(v), "true or false"),
 }
 
 
@@ -166,7 +173,13 @@ def validate(settings: Settings) -> None:
 
     if not 1 <= settings.batch_size <= 1000:
         raise bad("batch_size", "expected an integer from 1 to 1000")
-    for name in ("lease_ttl", "heartbeat_interval", "scan_interval", "tick_timeout"):
+    for name in (
+        "lease_ttl",
+        "heartbeat_interval",
+        "scan_interval",
+        "tick_timeout",
+        "listen_probe_interval",
+    ):
         if getattr(settings, name) <= 0:
             raise bad(name, "expected seconds > 0")
     if settings.action_timeout <= 0:

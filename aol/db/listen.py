@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from typing import Any
 
 import asyncpg
 
+from aol.db import store
 from aol.db.connect import connect
 from aol.errors import DatabaseUnavailable
 from aol.logs import get_logger
@@ -20,6 +22,9 @@ from aol.logs import get_logger
 log = get_logger("aol.listen")
 RECONNECT_MIN = 0.1
 RECONNECT_MAX = 5.0
+PROBE_PREFIX = "probe:"
+PROBE_TIMEOUT = 5.0
+FLAGS_PAYLOAD = "flags"
 
 
 class Listener:
@@ -30,7 +35,9 @@ class Listener:
         self.channel = channel
         self.application_name = application_name
         self.wake = asyncio.Event()
+        self.flags = asyncio.Event()  # set when a control flag changed
         self.last_payload: str | None = None
+        self._probes: dict[str, asyncio.Future[None]] = {}
         self._conn: asyncpg.Connection[Any] | None = None
         self._closing = False
         self._reconnect: asyncio.Task[None] | None = None
@@ -51,8 +58,45 @@ class Listener:
         self._conn = conn
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
-        self.last_payload = str(payload)
+        text = str(payload)
+        if text.startswith(PROBE_PREFIX):
+            waiter = self._probes.get(text[len(PROBE_PREFIX) :])
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            return  # a probe is not work: it must not wake the worker
+        self.last_payload = text
+        if text == FLAGS_PAYLOAD:
+            self.flags.set()
         self.wake.set()
+
+    async def probe(self, db: store.Executor, *, timeout: float) -> bool:
+        """Send a NOTIFY to ourselves and wait for it: proof the LISTEN session still hears.
+
+        A listener can die silently (a half-open TCP connection); on a failed probe the
+        connection is dropped, which reconnects and triggers a full scan.
+        """
+        if not self.connected:
+            return False
+        token = secrets.token_hex(8)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._probes[token] = waiter
+        try:
+            await store.notify(db, channel=self.channel, payload=PROBE_PREFIX + token)
+            await asyncio.wait_for(waiter, timeout=timeout)
+            return True
+        except TimeoutError:
+            log.warning("listener_probe_failed", channel=self.channel, timeout_s=timeout)
+            if self._conn is not None and not self._conn.is_closed():
+                self._conn.terminate()  # runs the termination listener: reconnect + scan
+            return False
+        finally:
+            self._probes.pop(token, None)
+
+    async def probe_forever(self, db: store.Executor, *, interval: float) -> None:
+        while not self._closing:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):  # a dead database shows up elsewhere
+                await self.probe(db, timeout=min(interval, PROBE_TIMEOUT))
 
     def _on_terminated(self, _conn: Any) -> None:
         if self._closing:
@@ -89,3 +133,22 @@ class Listener:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._conn.close(), timeout=5)
             self._conn = None
+
+
+class Quiet:
+    """Poll-only mode (for poolers that do not carry LISTEN): events that never fire, so
+    the worker wakes on its scan interval and on due times only."""
+
+    def __init__(self) -> None:
+        self.wake = asyncio.Event()
+        self.flags = asyncio.Event()
+        self.connected = False
+
+    async def start(self) -> None:
+        log.info("listener_started", channel=None, mode="poll-only")
+
+    async def probe_forever(self, db: store.Executor, *, interval: float) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

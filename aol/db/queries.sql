@@ -29,9 +29,12 @@ SELECT pg_advisory_unlock($1);
 -- Called right after taking the advisory lock. Bumping the epoch fences every write of
 -- earlier holders: their writes name their own (older) epoch and so match nothing.
 -- $1 owner, $2 ttl seconds
+-- previous_expires_at keeps the old holder's expiry (SET sees the old column values): its
+-- claims may be rescued once that has passed, since a holder that cannot renew stops by then.
 UPDATE aol.lease
    SET owner = $1, epoch = epoch + 1, acquired_at = now(), heartbeat_at = now(),
-       expires_at = now() + make_interval(secs => $2), released_at = NULL
+       expires_at = now() + make_interval(secs => $2), released_at = NULL,
+       holder_pid = pg_backend_pid(), previous_expires_at = expires_at
  WHERE id = 1
 RETURNING epoch;
 
@@ -58,31 +61,41 @@ UPDATE aol.lease
  WHERE id = 1 AND owner = $1 AND epoch = $2;
 
 -- name: read_lease
-SELECT owner, epoch, acquired_at, heartbeat_at, expires_at, now() AS now
+SELECT owner, epoch, acquired_at, heartbeat_at, expires_at, holder_pid, previous_expires_at,
+       now() AS now
   FROM aol.lease WHERE id = 1;
 
+-- name: lease_lock_holder
+-- The backend that holds the lease's advisory lock right now, if any.
+-- $1 lock key
+SELECT pid FROM pg_locks
+ WHERE locktype = 'advisory' AND granted AND objsubid = 1
+   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+   AND classid = ($1::bigint >> 32)::oid
+   AND objid = ($1::bigint & 4294967295)::oid;
+
+-- name: terminate_backend
+-- Ends a stuck holder's session, which releases its advisory lock. Needs superuser or
+-- membership in pg_signal_backend (and never works on a superuser's backend otherwise).
+-- $1 pid, $2 milliseconds to wait for it to end
+SELECT pg_terminate_backend($1::integer, $2::bigint);
+
+-- name: set_lock_timeout
+-- Bounds a standby's wait in pg_advisory_lock, so it can look at the lease row in between.
+-- $1 a PostgreSQL interval string such as '1000ms' ('0' turns the bound off)
+SELECT set_config('lock_timeout', $1, false);
+
 -- name: read_flags
-SELECT paused, killed, proof_mode, changed_by, changed_at, reason
+SELECT paused, killed, proof_mode, changed_by, changed_at, reason, kill_cancels
   FROM aol.control_flags WHERE id = 1;
 
--- name: set_flags
--- NULL leaves a flag as it is. The row's trigger sends NOTIFY, so a sleeping worker wakes.
--- $1 paused, $2 killed, $3 proof_mode, $4 changed_by, $5 reason
-WITH changed AS (
-    UPDATE aol.control_flags
-       SET paused = coalesce($1, paused), killed = coalesce($2, killed),
-           proof_mode = coalesce($3, proof_mode),
-           changed_by = $4, changed_at = now(), reason = $5
-     WHERE id = 1
-    RETURNING paused, killed, proof_mode, changed_by, changed_at, reason
-), logged AS (
-    INSERT INTO aol.execution_logs (level, event, message)
-    SELECT 'warning', 'flags_changed',
-           format('paused=%s killed=%s proof_mode=%s by %s: %s',
-                  paused, killed, proof_mode, changed_by, coalesce(reason, ''))
-      FROM changed
-)
-SELECT paused, killed, proof_mode, changed_by, changed_at, reason FROM changed;
+-- name: set_control_flags
+-- The audited function of migration 0003: NULL leaves a flag as it is, an empty reason is
+-- refused (SQLSTATE 22023), changed_by is the login (session_user), and one flags_changed
+-- row goes to execution_logs. Its UPDATE fires the NOTIFY trigger, so a sleeping worker wakes.
+-- $1 paused, $2 killed, $3 proof_mode, $4 reason, $5 kill_cancels
+SELECT paused, killed, proof_mode, changed_by, changed_at, reason, kill_cancels
+  FROM aol.set_control_flags($1, $2, $3, $4, $5);
 
 -- name: claim_actions
 -- Claim up to $3 runnable, due actions in one statement. SKIP LOCKED lets concurrent
@@ -161,17 +174,37 @@ INSERT INTO aol.execution_logs (action_id, attempt, epoch, tick, level, event, m
 SELECT id, $3, $2, $4, 'error', 'action_dead', $6::text, $5 FROM moved
 RETURNING action_id;
 
+-- name: cancel_running_action
+-- Fenced like finish_action. The kill switch with kill_cancels set: the attempt was cut
+-- short and the action will not run again unless an operator says so.
+-- $1 id, $2 epoch, $3 attempt, $4 tick, $5 reason
+WITH moved AS (
+    UPDATE aol.actions a
+       SET status = 'cancelled', last_error = $5, finished_at = now(), updated_at = now()
+     WHERE a.id = $1 AND a.status = 'running' AND a.claim_epoch = $2 AND a.attempts = $3
+       AND EXISTS (SELECT 1 FROM aol.lease l WHERE l.id = 1 AND l.epoch = $2)
+    RETURNING a.id
+)
+INSERT INTO aol.execution_logs (action_id, attempt, epoch, tick, level, event, message)
+SELECT id, $3, $2, $4, 'warning', 'action_cancelled', $5::text FROM moved
+RETURNING action_id;
+
 -- name: rescue_expired_claims
 -- Claims whose validity has passed belong to a worker that died or lost its lease. Each
 -- returns to retry, or to dead when it has used its last attempt. Only the lease holder
 -- at epoch $1 rescues.
 -- $1 epoch
-WITH expired AS (
-    SELECT id
-      FROM aol.actions
-     WHERE status = 'running' AND claim_expires_at < now()
-       AND EXISTS (SELECT 1 FROM aol.lease l WHERE l.id = 1 AND l.epoch = $1)
-       FOR UPDATE SKIP LOCKED
+-- A claim of an older epoch is also rescued once the previous holder's lease has expired:
+-- that holder has stopped executing by then (it stops when it cannot renew).
+WITH lease AS (
+    SELECT previous_expires_at FROM aol.lease WHERE id = 1 AND epoch = $1
+), expired AS (
+    SELECT a.id
+      FROM aol.actions a, lease
+     WHERE a.status = 'running'
+       AND (a.claim_expires_at < now()
+            OR (a.claim_epoch < $1 AND coalesce(lease.previous_expires_at, '-infinity') < now()))
+       FOR UPDATE OF a SKIP LOCKED
 ), moved AS (
     UPDATE aol.actions a
        SET status = CASE WHEN a.attempts >= a.max_attempts THEN 'dead' ELSE 'retry' END,
@@ -206,7 +239,11 @@ ON CONFLICT ON CONSTRAINT tick_ledger_epoch_tick_unique DO NOTHING;
 SELECT now() AS now,
        (SELECT min(not_before) FROM aol.actions WHERE status IN ('pending', 'retry'))
            AS next_due,
-       (SELECT min(claim_expires_at) FROM aol.actions WHERE status = 'running')
+       (SELECT min(CASE WHEN a.claim_epoch < l.epoch
+                        THEN least(a.claim_expires_at, l.previous_expires_at)
+                        ELSE a.claim_expires_at END)
+          FROM aol.actions a, aol.lease l
+         WHERE a.status = 'running' AND l.id = 1)
            AS next_expiry;
 
 -- name: count_by_status
@@ -267,3 +304,8 @@ VALUES ($1, $2, $3, $4, $5, $6);
 -- Other client sessions on this server: the embedded server stays up while any remain.
 SELECT count(*) FROM pg_stat_activity
  WHERE backend_type = 'client backend' AND pid <> pg_backend_pid();
+
+-- name: notify
+-- The listener's self-probe. Payloads never carry action content.
+-- $1 channel, $2 payload
+SELECT pg_notify($1, $2);

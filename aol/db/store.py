@@ -141,7 +141,23 @@ async def read_lease(db: Executor) -> Lease:
         heartbeat_at=row["heartbeat_at"],
         expires_at=row["expires_at"],
         now=row["now"],
+        holder_pid=row["holder_pid"],
+        previous_expires_at=row["previous_expires_at"],
     )
+
+
+async def lease_lock_holder(db: Executor) -> int | None:
+    """The pid of the backend holding the lease lock, or None when it is free."""
+    value = await db.fetchval(q("lease_lock_holder"), LEASE_LOCK_KEY)
+    return None if value is None else int(value)
+
+
+async def terminate_backend(db: Executor, *, pid: int, wait_ms: int) -> bool:
+    return bool(await db.fetchval(q("terminate_backend"), pid, wait_ms))
+
+
+async def set_lock_timeout(conn: Executor, *, seconds: float) -> None:
+    await conn.fetchval(q("set_lock_timeout"), f"{max(0, round(seconds * 1000))}ms")
 
 
 # --- control flags --------------------------------------------------------------------
@@ -155,6 +171,7 @@ def _flags(row: Any) -> Flags:
         changed_by=row["changed_by"],
         changed_at=row["changed_at"],
         reason=row["reason"],
+        kill_cancels=bool(row.get("kill_cancels", False)),
     )
 
 
@@ -259,6 +276,13 @@ async def dead_letter_action(
     value = await db.fetchval(
         q("dead_letter_action"), action_id, epoch, attempt, tick, duration_ms, error
     )
+    return value is not None
+
+
+async def cancel_running_action(
+    db: Executor, *, action_id: ActionId, epoch: Epoch, attempt: int, tick: int, reason: str
+) -> bool:
+    value = await db.fetchval(q("cancel_running_action"), action_id, epoch, attempt, tick, reason)
     return value is not None
 
 
@@ -368,3 +392,7 @@ async def list_action_logs(db: Executor, *, action_id: int) -> list[dict[str, An
 
 async def count_other_clients(db: Executor) -> int:
     return int(await db.fetchval(q("count_other_clients")))
+
+
+async def notify(db: Executor, *, channel: str, payload: str) -> None:
+    await db.fetchval(q("notify"), channel, payload)

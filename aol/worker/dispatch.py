@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,27 @@ from aol import policy
 from aol.actions.context import HandlerContext
 from aol.actions.registry import Registry
 from aol.db import store
-from aol.errors import PermanentError
+from aol.errors import HandlerTimeout, PermanentError
 from aol.logs import get_logger
-from aol.model import Action, AttemptResult
+from aol.model import Action, AttemptResult, TickOutcome
 from aol.settings import Settings
 from aol.worker.lease import Lease
 
 log = get_logger("aol.dispatch")
 ERROR_MAX_CHARS = 2000
+# How long a cancelled handler gets to unwind before it is abandoned.
+CANCEL_GRACE = 0.5
+# Handlers that ignored cancellation: kept referenced so they are not garbage-collected mid-run.
+_abandoned: set[asyncio.Task[Any]] = set()
+
+
+@dataclass(slots=True)
+class Interrupt:
+    """Why a running tick was cut short, and what becomes of its unfinished attempts."""
+
+    reason: str = "worker stopped mid-attempt"
+    cancel_actions: bool = False
+    outcome: TickOutcome = TickOutcome.ERROR
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +49,7 @@ class WorkerContext:
     settings: Settings
     registry: Registry
     data_dir: Path
+    interrupt: Interrupt = field(default_factory=Interrupt)
 
 
 def describe(exc: BaseException) -> str:
@@ -59,10 +74,7 @@ async def run_action(
     message: str | None = None
     try:
         fn = ctx.registry.get(action.action_type)
-        async with asyncio.timeout(ctx.settings.action_timeout):
-            message = await fn(hctx)
-    except TimeoutError:
-        error = TimeoutError(f"handler timed out after {ctx.settings.action_timeout:g}s")
+        message = await call_with_deadline(fn(hctx), ctx.settings.action_timeout, alog)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # a broken handler fails its own action only
@@ -78,6 +90,34 @@ async def run_action(
         hctx=hctx,
         alog=alog,
     )
+
+
+async def call_with_deadline(call: Awaitable[str | None], timeout: float, alog: Any) -> str | None:
+    """Await a handler for at most `timeout` seconds, whether or not it cooperates.
+
+    The handler runs in its own task. At the deadline it is cancelled; if it swallows the
+    cancellation it is left behind (logged as `handler_abandoned`) and the attempt is
+    recorded as timed out all the same, so the tick ends on time. A handler that blocks the
+    event loop cannot be bounded here: the watchdog ends the process instead.
+    """
+    task: asyncio.Task[str | None] = asyncio.ensure_future(call)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()  # the tick was cut short: the handler goes with it
+        raise
+    if task in done:
+        return task.result()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE)
+    if task not in done:
+        _abandoned.add(task)
+        task.add_done_callback(_abandoned.discard)
+        alog.error("handler_abandoned", timeout_s=timeout, grace_s=CANCEL_GRACE)
+        raise HandlerTimeout(
+            f"handler timed out after {timeout:g}s and ignored cancellation; it was abandoned"
+        )
+    raise HandlerTimeout(f"handler timed out after {timeout:g}s")
 
 
 async def record_result(
@@ -108,6 +148,7 @@ async def record_result(
         "duration_ms": round(duration_ms, 3),
     }
     if not ctx.lease.held:
+        ctx.lease.refused_writes += 1
         alog.warning(
             "action_result_discarded",
             reason="lease lost",
@@ -146,6 +187,7 @@ async def record_result(
             extra = {"error_type": type(error).__name__, "error": text, "retry_in_s": delay}
 
     if not written:
+        ctx.lease.refused_writes += 1
         alog.warning(
             "action_result_discarded",
             reason="claim no longer held at this epoch",

@@ -41,6 +41,8 @@ from aol.model import Epoch
 from aol.settings import Settings
 
 log = get_logger("aol.lease")
+# How long a standby waits for a terminated holder's session to end before it looks again.
+TERMINATE_WAIT_MS = 2000
 
 
 @dataclass(slots=True)
@@ -53,6 +55,7 @@ class Lease:
     settings: Settings
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     lost_reason: str | None = None
+    refused_writes: int = 0
     last_renewed: float = field(default_factory=time.monotonic)
     _task: asyncio.Task[None] | None = None
 
@@ -130,7 +133,7 @@ async def acquire(settings: Settings, url: str, *, standby: bool) -> Lease:
             if not standby:
                 raise LeaseHeld(holder.owner, holder.epoch)
             log.info("lease_waiting", holder=holder.owner, holder_epoch=holder.epoch)
-            await store.wait_advisory_lock(conn)
+            await _wait_for_lock(conn, settings)
         epoch = await store.acquire_lease(conn, owner=settings.owner, ttl=settings.lease_ttl)
     except BaseException:
         with contextlib.suppress(Exception):
@@ -141,3 +144,46 @@ async def acquire(settings: Settings, url: str, *, standby: bool) -> Lease:
     conn.add_termination_listener(lambda _c: lease.mark_lost("lock connection closed"))
     log.info("lease_acquired", owner=settings.owner, epoch=epoch, ttl=settings.lease_ttl)
     return lease
+
+
+async def _wait_for_lock(conn: asyncpg.Connection[Any], settings: Settings) -> None:
+    """Standby: block on the lock, looking at the lease row every heartbeat interval.
+
+    The lock frees the moment the holder's session ends (exit, crash, kill -9), and the wait
+    returns at once. A frozen holder (SIGSTOP, a blocked event loop) keeps its session and so
+    its lock; once its lease row has expired on the database clock, the standby terminates
+    the holder's backend, which frees the lock.
+    """
+    await store.set_lock_timeout(conn, seconds=settings.heartbeat_interval)
+    while True:
+        try:
+            await store.wait_advisory_lock(conn)
+            break
+        except asyncpg.LockNotAvailableError:
+            pass
+        holder = await store.read_lease(conn)
+        if holder.expires_at is None or holder.expires_at >= holder.now:
+            continue
+        pid = await store.lease_lock_holder(conn)
+        if pid is None:
+            continue
+        overdue = (holder.now - holder.expires_at).total_seconds()
+        log.warning(
+            "lease_holder_terminated",
+            holder=holder.owner,
+            holder_epoch=holder.epoch,
+            pid=pid,
+            overdue_s=round(overdue, 3),
+        )
+        try:
+            await store.terminate_backend(conn, pid=pid, wait_ms=TERMINATE_WAIT_MS)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            log.error(
+                "lease_takeover_refused",
+                holder=holder.owner,
+                pid=pid,
+                error=str(exc),
+                hint="grant pg_signal_backend to the worker role (aol roles create "
+                "--allow-terminate); a superuser's backend cannot be terminated by others",
+            )
+    await store.set_lock_timeout(conn, seconds=0)

@@ -12,18 +12,22 @@ import contextlib
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
+
 from aol import policy
 from aol.actions.registry import Registry, default_registry, load_modules
 from aol.db import store
 from aol.db.connect import create_pool
-from aol.db.listen import Listener
+from aol.db.listen import Listener, Quiet
 from aol.db.migrate import check_revision
+from aol.errors import DatabaseUnavailable
 from aol.logs import get_logger
 from aol.model import TickOutcome
 from aol.settings import Settings
 from aol.worker import lease as lease_mod
-from aol.worker.dispatch import WorkerContext
+from aol.worker.dispatch import Interrupt, WorkerContext
 from aol.worker.tick import TickReport, run_tick
+from aol.worker.watchdog import Watchdog
 
 log = get_logger("aol.worker")
 
@@ -33,6 +37,9 @@ EXIT_LEASE_LOST = 4
 # instead of spinning.
 UNCLAIMABLE_BACKOFF = 1.0
 RESCUE_SLACK = 0.05
+# A standby whose database is away tries again this often.
+STANDBY_RETRY = 1.0
+_DATABASE_ERRORS = (DatabaseUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
 async def run_worker(
@@ -54,16 +61,44 @@ async def run_worker(
         handlers=registry.names(),
         **{k: v for k, v in settings.masked().items() if k not in ("owner", "handlers")},
     )
+    guard: contextlib.AbstractAsyncContextManager[Any] = (
+        Watchdog(settings.lease_ttl / 2) if settings.watchdog else contextlib.nullcontext()
+    )
+    async with guard:
+        return await _hold_and_serve(settings, url, registry, stop, ticks)
+
+
+async def _hold_and_serve(
+    settings: Settings, url: str, registry: Registry, stop: asyncio.Event, ticks: int | None
+) -> int:
     while True:
-        lease = await _acquire(settings, url, stop)
+        try:
+            lease = await _acquire(settings, url, stop)
+        except _DATABASE_ERRORS as exc:
+            if not settings.standby:
+                raise
+            # A standby outlives its database: wait for it to come back.
+            log.warning("lease_waiting", reason="database unavailable", error=str(exc))
+            await _sleep(STANDBY_RETRY, stop)
+            if stop.is_set():
+                return EXIT_OK
+            continue
         if lease is None:
             log.info("worker_stopped", owner=settings.owner, epoch=None, exit_code=EXIT_OK)
             return EXIT_OK
         lease.start_heartbeat()
         try:
             code = await _serve(settings, url, lease, registry, stop, ticks)
+        except _DATABASE_ERRORS as exc:
+            if not settings.standby:
+                raise
+            log.warning(
+                "lease_lost", epoch=lease.epoch, reason="database unavailable", error=str(exc)
+            )
+            code = EXIT_LEASE_LOST
         finally:
             await lease.release()
+        log.info("lease_summary", epoch=lease.epoch, refused_writes=lease.refused_writes)
         if code == EXIT_LEASE_LOST and settings.standby and not stop.is_set():
             log.info("lease_waiting", reason="lost the lease; waiting to take it again")
             continue
@@ -102,10 +137,19 @@ async def _serve(
     ticks: int | None,
 ) -> int:
     pool = await create_pool(url, min_size=1, max_size=settings.batch_size + 2)
-    listener = Listener(url, store.WAKEUP_CHANNEL, application_name=f"aol-listen {lease.owner}")
+    listener: Listener | Quiet = (
+        Listener(url, store.WAKEUP_CHANNEL, application_name=f"aol-listen {lease.owner}")
+        if settings.listen
+        else Quiet()
+    )
+    prober: asyncio.Task[None] | None = None
     try:
         check_revision(await store.read_schema_revision(pool))
         await listener.start()
+        prober = asyncio.create_task(
+            listener.probe_forever(pool, interval=settings.listen_probe_interval),
+            name="aol-listen-probe",
+        )
         ctx = WorkerContext(
             pool=pool,
             lease=lease,
@@ -115,13 +159,15 @@ async def _serve(
         )
         return await _loop(ctx, listener, stop, ticks)
     finally:
+        if prober is not None:
+            prober.cancel()
         await listener.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(pool.close(), timeout=10)
 
 
 async def _loop(
-    ctx: WorkerContext, listener: Listener, stop: asyncio.Event, ticks: int | None
+    ctx: WorkerContext, listener: Listener | Quiet, stop: asyncio.Event, ticks: int | None
 ) -> int:
     settings, lease = ctx.settings, ctx.lease
     tick_no = 0
@@ -131,7 +177,7 @@ async def _loop(
             return EXIT_LEASE_LOST
         tick_no += 1
         listener.wake.clear()
-        report = await _tick_with_grace(ctx, tick_no, stop)
+        report = await _tick_with_grace(ctx, tick_no, stop, listener.flags)
         if report.outcome is TickOutcome.KILLED:
             log.warning("worker_killed", owner=lease.owner, epoch=lease.epoch, tick=tick_no)
             return EXIT_OK
@@ -153,30 +199,79 @@ async def _loop(
     return EXIT_OK if lease.held else EXIT_LEASE_LOST
 
 
-async def _tick_with_grace(ctx: WorkerContext, tick_no: int, stop: asyncio.Event) -> TickReport:
-    """Run a tick; on a stop signal let it finish within the shutdown grace, then cancel it."""
+async def _tick_with_grace(
+    ctx: WorkerContext, tick_no: int, stop: asyncio.Event, flags_changed: asyncio.Event
+) -> TickReport:
+    """Run a tick, watching what may cut it short while it runs.
+
+    * a stop signal: in-flight actions get the shutdown grace, then the tick is cancelled;
+    * the kill switch (a flag change is notified): the tick is cancelled at once, and its
+      unfinished actions go back to retry, or to cancelled when the kill says so;
+    * a lost lease: the tick is cancelled at once; nothing more is written under its epoch.
+    """
     task = asyncio.create_task(run_tick(ctx, tick_no), name=f"aol-tick-{tick_no}")
-    stopper = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
+    deadline: float | None = None
+    loop = asyncio.get_running_loop()
+    while not task.done():
+        watched = {"lost": ctx.lease.lost, "flags": flags_changed}
+        if deadline is None:
+            watched["stop"] = stop
+        waiters: dict[asyncio.Task[Any], str] = {
+            asyncio.create_task(ev.wait()): name for name, ev in watched.items()
+        }
+        timeout = None if deadline is None else max(0.0, deadline - loop.time())
+        try:
+            done, _ = await asyncio.wait(
+                {task, *waiters}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        if task.done():
+            break
+        fired = {name for w, name in waiters.items() if w in done}
+        if "lost" in fired:
+            return await _interrupt(ctx, task, Interrupt(reason="lease lost mid-attempt"))
+        if "flags" in fired:
+            flags_changed.clear()
+            flags = await store.read_flags(ctx.pool)
+            if flags.killed:
+                verdict = "cancelled" if flags.kill_cancels else "retried"
+                log.warning(
+                    "worker_interrupted", tick=tick_no, reason="kill switch", in_flight=verdict
+                )
+                return await _interrupt(
+                    ctx,
+                    task,
+                    Interrupt(
+                        reason=f"killed by operator ({flags.changed_by}: {flags.reason or '-'})",
+                        cancel_actions=flags.kill_cancels,
+                        outcome=TickOutcome.KILLED,
+                    ),
+                )
+        if "stop" in fired:
+            deadline = loop.time() + ctx.settings.shutdown_grace
             log.info(
                 "worker_stopping",
                 tick=tick_no,
                 grace_s=ctx.settings.shutdown_grace,
                 reason="waiting for in-flight actions",
             )
-            done, _ = await asyncio.wait({task}, timeout=ctx.settings.shutdown_grace)
-            if not done:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                return TickReport(
-                    tick=tick_no, outcome=TickOutcome.ERROR, error="cancelled at shutdown"
-                )
-        return task.result()
-    finally:
-        stopper.cancel()
+        elif deadline is not None and loop.time() >= deadline:
+            return await _interrupt(ctx, task, Interrupt(reason="worker stopped mid-attempt"))
+    return task.result()
+
+
+async def _interrupt(
+    ctx: WorkerContext, task: asyncio.Task[TickReport], why: Interrupt
+) -> TickReport:
+    ctx.interrupt.reason = why.reason
+    ctx.interrupt.cancel_actions = why.cancel_actions
+    ctx.interrupt.outcome = why.outcome
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return TickReport(tick=0, outcome=why.outcome, error=why.reason)
 
 
 async def _idle_delay(ctx: WorkerContext, report: TickReport, *, rechecked: bool) -> float:

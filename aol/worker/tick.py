@@ -79,11 +79,12 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
         error = f"tick exceeded its timeout of {ctx.settings.tick_timeout:g}s"
         log.error("tick_timeout", tick=tick, epoch=ctx.lease.epoch, error=error)
     except asyncio.CancelledError:
-        # Shutdown past its grace period: close the books on what was claimed, then go.
-        await _fail_unfinished(ctx, claimed, results, tick, "worker stopped mid-attempt")
-        cancelled = "cancelled at shutdown"
+        # Cut short (shutdown past its grace, kill, lost lease): close the books on what was
+        # claimed, so a live worker leaves nothing in `running`, then go.
+        stop = ctx.interrupt
+        await _fail_unfinished(ctx, claimed, results, tick, stop.reason, cancel=stop.cancel_actions)
         await _record(
-            ctx, _report(tick, TickOutcome.ERROR, claimed, results, rescued, started, cancelled)
+            ctx, _report(tick, stop.outcome, claimed, results, rescued, started, stop.reason)
         )
         raise
     except Exception as exc:  # the database went away, or a bug: the tick fails, not the worker
@@ -148,14 +149,30 @@ async def _fail_unfinished(
     results: dict[int, AttemptResult],
     tick: int,
     reason: str,
+    *,
+    cancel: bool = False,
 ) -> None:
-    """Record a failed attempt for every claimed action that has no result yet."""
+    """Record a failed (or, with `cancel`, cancelled) attempt for every claimed action that
+    has no result yet."""
     pending = [a for a in claimed if a.id not in results]
     if not pending:
         return
     with contextlib.suppress(Exception):
         async with asyncio.timeout(CLEANUP_TIMEOUT):
             for action in pending:
+                if cancel and ctx.lease.held:
+                    written = await store.cancel_running_action(
+                        ctx.pool,
+                        action_id=action.id,
+                        epoch=ctx.lease.epoch,
+                        attempt=action.attempts,
+                        tick=tick,
+                        reason=reason,
+                    )
+                    if written:
+                        log.warning("action_cancelled", action_id=action.id, reason=reason)
+                        results[action.id] = AttemptResult.CANCELLED
+                        continue
                 results[action.id] = await record_result(
                     ctx, action, tick=tick, duration_ms=0.0, error=AttemptInterrupted(reason)
                 )

@@ -20,8 +20,15 @@ ACTIONS = 500
 LIMIT = 7
 
 
-async def set_lease(db: asyncpg.Pool[Any], *, owner: str = OWNER, epoch: int = 1) -> None:
-    await db.execute("UPDATE aol.lease SET owner = $1, epoch = $2 WHERE id = 1", owner, epoch)
+async def set_lease(
+    db: asyncpg.Pool[Any], *, owner: str = OWNER, epoch: int = 1, previous_expires: str = "NULL"
+) -> None:
+    await db.execute(
+        "UPDATE aol.lease SET owner = $1, epoch = $2, "
+        f"previous_expires_at = {previous_expires} WHERE id = 1",
+        owner,
+        epoch,
+    )
 
 
 async def claim(db: store.Executor, *, epoch: int = 1, limit: int = LIMIT) -> list[int]:
@@ -222,7 +229,8 @@ async def test_fenced_write_by_the_current_claim_is_stored_once(pool: asyncpg.Po
 async def test_rescue_moves_expired_claims_to_retry_or_dead_and_leaves_live_ones(
     pool: asyncpg.Pool[Any],
 ) -> None:
-    await set_lease(pool, epoch=2)
+    # The previous holder's lease is still valid: only each claim's own expiry counts.
+    await set_lease(pool, epoch=2, previous_expires="now() + interval '1 hour'")
     claim_cols: dict[str, Any] = {"status": "running", "claim_epoch": 1, "claimed_by": "old"}
     expired = "now() - interval '1 second'"
     live = "now() + interval '1 hour'"
@@ -254,3 +262,19 @@ async def test_rescue_moves_expired_claims_to_retry_or_dead_and_leaves_live_ones
 
     assert await store.rescue_expired_claims(pool, epoch=Epoch(2)) == []  # nothing twice
     assert await claim(pool, epoch=2) == [to_retry]  # runnable again; the dead one is not
+
+
+async def test_claims_of_an_earlier_epoch_are_rescued_once_the_previous_lease_expired(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    claim_cols: dict[str, Any] = {"status": "running", "claimed_by": "old", "attempts": 1}
+    live = "now() + interval '1 hour'"
+    old_claim = await insert_action(pool, **claim_cols, claim_epoch=1, sql_claim_expires_at=live)
+    own_claim = await insert_action(pool, **claim_cols, claim_epoch=2, sql_claim_expires_at=live)
+
+    await set_lease(pool, epoch=2, previous_expires="now() + interval '1 hour'")
+    assert await store.rescue_expired_claims(pool, epoch=Epoch(2)) == []
+
+    await set_lease(pool, epoch=2, previous_expires="now() - interval '1 second'")
+    assert await store.rescue_expired_claims(pool, epoch=Epoch(2)) == [(old_claim, "retry")]
+    assert (await row(pool, own_claim))["status"] == "running"

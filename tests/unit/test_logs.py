@@ -8,7 +8,7 @@ from pathlib import Path
 from aol.logs import EVENTS
 
 SOURCE = Path(__file__).resolve().parents[2] / "aol"
-CALL = re.compile(r"\.(?:debug|info|warning|error|exception)\(\s*\"([a-z_]+)\"")
+CALL = re.compile(r"\.(?:debug|info|warning|error|exception|critical)\(\s*\"([a-z_]+)\"")
 
 
 def logged_events() -> set[str]:

@@ -220,6 +220,6 @@ async def test_stop_past_the_grace_cancels_the_attempt_and_records_it_as_failed(
         "error",
         1,
         1,
-        "cancelled at shutdown",
+        "worker stopped mid-attempt",
     )
     assert await h.lease_released(pool)

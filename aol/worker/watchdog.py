@@ -1,0 +1,67 @@
+"""The watchdog: a thread outside the event loop that ends the process if the loop stalls.
+
+A handler that blocks the event loop (a synchronous call, a busy loop) stops the heartbeat,
+but the lock connection stays open, so the lease would stay held. The loop beats a
+timestamp a few times a second; the thread checks it and, when the loop has not beaten for
+longer than half the lease TTL, logs `watchdog_fired` and exits the process at once
+(`os._exit`), which closes the lock session and lets a standby take over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from aol.logs import get_logger
+
+log = get_logger("aol.watchdog")
+EXIT_WATCHDOG = 70
+
+
+def _exit_now(code: int) -> None:
+    sys.stdout.flush()
+    os._exit(code)
+
+
+class Watchdog:
+    """`async with Watchdog(limit):` guards the block it wraps."""
+
+    def __init__(self, limit: float, *, on_fire: Callable[[int], None] = _exit_now) -> None:
+        self.limit = limit
+        self.interval = max(0.05, min(0.5, limit / 4))
+        self.on_fire = on_fire
+        self.fired = False
+        self._last = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="aol-watchdog", daemon=True)
+        self._beat: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Watchdog:
+        self._last = time.monotonic()
+        self._beat = asyncio.create_task(self._beat_forever(), name="aol-watchdog-beat")
+        self._thread.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.cancel()
+        await asyncio.to_thread(self._thread.join, 5)
+
+    async def _beat_forever(self) -> None:
+        while True:
+            self._last = time.monotonic()
+            await asyncio.sleep(self.interval)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            stalled = time.monotonic() - self._last
+            if stalled > self.limit:
+                self.fired = True
+                log.critical("watchdog_fired", stalled_s=round(stalled, 3), limit_s=self.limit)
+                self.on_fire(EXIT_WATCHDOG)
+                return
