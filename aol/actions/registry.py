@@ -26,8 +26,14 @@ class Registry:
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        self._isolated: set[str] = set()
 
-    def register(self, action_type: str, fn: Handler, *, replace: bool = False) -> None:
+    def register(
+        self, action_type: str, fn: Handler, *, replace: bool = False, isolated: bool = False
+    ) -> None:
+        """Register `fn` for `action_type`. With `isolated=True` each call runs in a child
+        process that is killed at the action timeout (the function must be importable by
+        its module and qualified name)."""
         if not _TYPE_NAME.match(action_type):
             raise ConfigError(
                 f"action type {action_type!r} is not valid: use letters, digits and _.:- "
@@ -40,13 +46,20 @@ class Registry:
                 f"({existing.__module__}.{existing.__qualname__})"
             )
         self._handlers[action_type] = fn
+        if isolated:
+            self._isolated.add(action_type)
+        else:
+            self._isolated.discard(action_type)
 
-    def handler(self, action_type: str) -> Callable[[Handler], Handler]:
+    def handler(self, action_type: str, *, isolated: bool = False) -> Callable[[Handler], Handler]:
         def decorate(fn: Handler) -> Handler:
-            self.register(action_type, fn)
+            self.register(action_type, fn, isolated=isolated)
             return fn
 
         return decorate
+
+    def is_isolated(self, action_type: str) -> bool:
+        return action_type in self._isolated
 
     def get(self, action_type: str) -> Handler:
         try:
@@ -73,9 +86,11 @@ class Registry:
 default_registry = Registry()
 
 
-def handler(action_type: str) -> Callable[[Handler], Handler]:
-    """Decorator: register an async handler for `action_type` in the default registry."""
-    return default_registry.handler(action_type)
+def handler(action_type: str, *, isolated: bool = False) -> Callable[[Handler], Handler]:
+    """Decorator: register an async handler for `action_type` in the default registry.
+
+    `isolated=True` runs each call in a child process that a deadline can kill."""
+    return default_registry.handler(action_type, isolated=isolated)
 
 
 def load_modules(modules: Iterable[str]) -> None:

@@ -21,6 +21,7 @@ from aol.errors import HandlerTimeout, PermanentError
 from aol.logs import get_logger
 from aol.model import Action, AttemptResult, TickOutcome
 from aol.settings import Settings
+from aol.worker.isolated import run_isolated
 from aol.worker.lease import Lease
 
 log = get_logger("aol.dispatch")
@@ -29,6 +30,12 @@ ERROR_MAX_CHARS = 2000
 CANCEL_GRACE = 0.5
 # Handlers that ignored cancellation: kept referenced so they are not garbage-collected mid-run.
 _abandoned: set[asyncio.Task[Any]] = set()
+
+
+def abandoned_handlers() -> int:
+    """How many abandoned handler tasks are still running (the process must not wait on them
+    at exit: `asyncio.run` would, forever, for one that keeps ignoring cancellation)."""
+    return len(_abandoned)
 
 
 @dataclass(slots=True)
@@ -74,7 +81,10 @@ async def run_action(
     message: str | None = None
     try:
         fn = ctx.registry.get(action.action_type)
-        message = await call_with_deadline(fn(hctx), ctx.settings.action_timeout, alog)
+        if ctx.registry.is_isolated(action.action_type):
+            message = await run_isolated(fn, hctx, timeout=ctx.settings.action_timeout)
+        else:
+            message = await call_with_deadline(fn(hctx), ctx.settings.action_timeout, alog)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # a broken handler fails its own action only
