@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import os
 import signal
 import socket
 import sys
@@ -16,9 +17,11 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import asyncpg
 import click
 
 from aol import logs
+from aol import roles as role_setup
 from aol.client import enqueue as enqueue_action
 from aol.db import store
 from aol.db.connect import ResolvedDatabase, connect, open_database
@@ -27,6 +30,7 @@ from aol.errors import AolError, LeaseHeld
 from aol.settings import Settings, load_settings
 
 T = TypeVar("T")
+NO_REASON = "no reason given (cli)"
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_LEASE_HELD = 3
@@ -54,6 +58,13 @@ def _run(coro: Awaitable[T]) -> T:
         sys.exit(EXIT_LEASE_HELD)
     except AolError as exc:
         click.echo(f"aol: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        click.echo(
+            f"aol: permission denied: {exc}; the database role aol connected as lacks this "
+            "right (`aol roles --help` lists the roles and what each may do)",
+            err=True,
+        )
         sys.exit(EXIT_ERROR)
 
 
@@ -145,9 +156,17 @@ def migrate(ctx: click.Context, revision: str) -> None:
 @click.option("--backoff-base", type=float, default=None, help="First retry delay, seconds (5).")
 @click.option("--shutdown-grace", type=float, default=None, help="Drain on SIGTERM, s (15).")
 @click.option("--owner", default=None, help="Lease owner name (host:pid).")
+@click.option(
+    "--poll-only",
+    "listen",
+    flag_value=False,
+    default=None,
+    help="No LISTEN (for poolers): wake on the scan interval and due times only.",
+)
 @click.pass_context
 def run(ctx: click.Context, /, ticks: int | None, **flags: Any) -> None:
     """Run the worker: hold the lease and execute actions."""
+    from aol.worker.dispatch import abandoned_handlers
     from aol.worker.runner import run_worker
 
     flags["handlers"] = tuple(flags.get("handlers") or ())
@@ -161,7 +180,12 @@ def run(ctx: click.Context, /, ticks: int | None, **flags: Any) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        return await run_worker(settings, db.url, ticks=ticks, stop=stop)
+        code = await run_worker(settings, db.url, ticks=ticks, stop=stop)
+        if abandoned_handlers():
+            # asyncio.run would wait for handlers that ignore cancellation: leave now.
+            sys.stdout.flush()
+            os._exit(code)
+        return code
 
     sys.exit(_run(_with_db(settings, go)))
 
@@ -280,19 +304,27 @@ def status(ctx: click.Context, as_json: bool) -> None:
     click.echo("counts: " + " ".join(f"{k}={v}" for k, v in data["counts"].items()))
 
 
+REASON_HELP = "Why; recorded with the change, and with the database login that made it."
+
+
 def _flag_command(name: str, help_text: str, **change: bool) -> None:
     @cli.command(name, help=help_text)
-    @click.option("--reason", default=None, help="Why; recorded with the change.")
+    @click.option("--reason", default=NO_REASON, show_default=True, help=REASON_HELP)
     @click.pass_context
-    def command(ctx: click.Context, reason: str | None) -> None:
+    def command(ctx: click.Context, reason: str) -> None:
         _set_flags(ctx, reason, **change)
 
 
-def _set_flags(ctx: click.Context, reason: str | None, **change: bool) -> None:
+def _set_flags(ctx: click.Context, reason: str, **change: bool) -> None:
+    if not reason.strip():
+        raise click.BadParameter(
+            "must not be empty: say why the flags change", param_hint="--reason"
+        )
     settings = _settings(ctx)
 
     async def go(conn: Any) -> Any:
-        return await store.set_flags(conn, changed_by=changed_by(), reason=reason, **change)
+        # The database records the login (session_user) as changed_by.
+        return await store.set_flags(conn, reason=reason, **change)
 
     flags = _run(_with_conn(settings, go))
     click.echo(f"paused={flags.paused} killed={flags.killed} proof_mode={flags.proof_mode}")
@@ -304,18 +336,26 @@ _flag_command("resume", "Claim actions again after a pause.", paused=False)
 
 @cli.command()
 @click.option("--clear", is_flag=True, help="Lift the kill switch.")
-@click.option("--reason", default=None, help="Why; recorded with the change.")
+@click.option(
+    "--cancel-in-flight",
+    is_flag=True,
+    help="Cut-short actions end cancelled instead of going back to retry.",
+)
+@click.option("--reason", default=NO_REASON, show_default=True, help=REASON_HELP)
 @click.pass_context
-def kill(ctx: click.Context, clear: bool, reason: str | None) -> None:
-    """Kill switch: the worker exits, and restarted workers exit at once, until --clear."""
-    _set_flags(ctx, reason, killed=not clear)
+def kill(ctx: click.Context, clear: bool, cancel_in_flight: bool, reason: str) -> None:
+    """Kill switch: the worker stops claiming, cuts in-flight actions short and exits 0;
+    restarted workers exit at once too, until --clear."""
+    if clear and cancel_in_flight:
+        raise click.UsageError("--cancel-in-flight goes with a kill, not with --clear")
+    _set_flags(ctx, reason, killed=not clear, kill_cancels=cancel_in_flight)
 
 
 @cli.command()
 @click.argument("mode", type=click.Choice(["on", "off"]))
-@click.option("--reason", default=None, help="Why; recorded with the change.")
+@click.option("--reason", default=NO_REASON, show_default=True, help=REASON_HELP)
 @click.pass_context
-def proof(ctx: click.Context, mode: str, reason: str | None) -> None:
+def proof(ctx: click.Context, mode: str, reason: str) -> None:
     """Proof (dry-run) mode: handlers write artifacts instead of acting."""
     _set_flags(ctx, reason, proof_mode=mode == "on")
 
@@ -363,6 +403,85 @@ def dlq_retry(ctx: click.Context, ids: tuple[int, ...], all_: bool, reason: str 
     click.echo(f"retrying {len(moved)} action(s): {' '.join(map(str, moved)) or '-'}")
     if missing:
         click.echo(f"not dead (left alone): {' '.join(map(str, missing))}", err=True)
+
+
+PREFIX_HELP = "The roles are <prefix>_enqueuer, <prefix>_worker and <prefix>_operator."
+
+
+@cli.group()
+def roles() -> None:
+    """Least-privilege database roles for this database: <prefix>_enqueuer (may only call
+    aol.enqueue), <prefix>_worker (what `aol run` needs) and <prefix>_operator (reads
+    everything, changes flags only through the audited aol.set_control_flags, retries dead
+    actions). Run these as the role that ran `aol migrate`, with CREATEROLE.
+    """
+
+
+@roles.command("create")
+@click.option("--prefix", default=role_setup.DEFAULT_PREFIX, show_default=True, help=PREFIX_HELP)
+@click.option(
+    "--password-env",
+    "password_env",
+    multiple=True,
+    metavar="[ROLE=]VAR",
+    help="Give roles LOGIN with the password held in environment variable VAR: bare VAR for "
+    "all three, ROLE=VAR (enqueuer, worker, operator) for one. Repeatable. Without it a new "
+    "role is NOLOGIN (grant it to a login role) and an existing role keeps its login.",
+)
+@click.option(
+    "--allow-terminate/--no-allow-terminate",
+    default=None,
+    help="Grant (or revoke) the worker pg_signal_backend, which taking over from a frozen "
+    "lease holder needs (pg_terminate_backend; never works on a superuser's backend). "
+    "Needs ADMIN OPTION on pg_signal_backend (a superuser). Left as it is when not given.",
+)
+@click.pass_context
+def roles_create(
+    ctx: click.Context, prefix: str, password_env: tuple[str, ...], allow_terminate: bool | None
+) -> None:
+    """Create the roles where missing and set their rights in this database (idempotent)."""
+    settings = _settings(ctx)
+    try:
+        role_setup.validate_prefix(prefix)
+        passwords = role_setup.passwords_from_env(password_env, os.environ)
+    except AolError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+    async def go(conn: Any) -> list[role_setup.RoleState]:
+        return await role_setup.create_roles(
+            conn, prefix=prefix, passwords=passwords, allow_terminate=allow_terminate
+        )
+
+    for role in _run(_with_conn(settings, go)):
+        click.echo(
+            f"{role.name}: {'created' if role.created else 'rights set'}, "
+            f"{'LOGIN' if role.can_login else 'NOLOGIN'}"
+            + (", may terminate backends (pg_signal_backend)" if role.can_terminate else "")
+        )
+
+
+@roles.command("drop")
+@click.option("--prefix", default=role_setup.DEFAULT_PREFIX, show_default=True, help=PREFIX_HELP)
+@click.pass_context
+def roles_drop(ctx: click.Context, prefix: str) -> None:
+    """Revoke the roles' rights in this database and drop them (missing ones are skipped)."""
+    settings = _settings(ctx)
+    try:
+        role_setup.validate_prefix(prefix)
+    except AolError as exc:
+        raise click.UsageError(str(exc)) from exc
+    result = _run(_with_conn(settings, lambda c: role_setup.drop_roles(c, prefix=prefix)))
+    if result.dropped:
+        click.echo(f"dropped: {' '.join(result.dropped)}")
+    for name, databases in result.kept.items():
+        click.echo(
+            f"kept {name}: its rights here are revoked, but it still holds rights in "
+            f"database(s) {', '.join(databases) or '(unknown)'}; run `aol roles drop "
+            f"--prefix {prefix}` there too",
+            err=True,
+        )
+    if not result.dropped and not result.kept:
+        click.echo("no such roles: nothing to drop")
 
 
 @cli.command()

@@ -309,3 +309,175 @@ SELECT count(*) FROM pg_stat_activity
 -- The listener's self-probe. Payloads never carry action content.
 -- $1 channel, $2 payload
 SELECT pg_notify($1, $2);
+
+-- name: roles_parameters
+-- The inputs of roles_create and roles_drop, which are DO blocks and so take no bind
+-- parameters: set for the current transaction only, so run all three in one transaction.
+-- $1 prefix, $2/$3/$4 the enqueuer/worker/operator password as a SCRAM-SHA-256 verifier
+-- ('' = no password: a new role is NOLOGIN, an existing one keeps its login and password),
+-- $5 pg_signal_backend for the worker: 'grant', 'revoke' or '' (leave as it is)
+SELECT set_config('aol.roles_prefix', $1::text, true),
+       set_config('aol.roles_enqueuer_password', $2::text, true),
+       set_config('aol.roles_worker_password', $3::text, true),
+       set_config('aol.roles_operator_password', $4::text, true),
+       set_config('aol.roles_terminate', $5::text, true);
+
+-- name: roles_create
+-- Creates <prefix>_enqueuer, _worker and _operator where missing (NOLOGIN unless given a
+-- password), refuses existing roles with more power than aol grants, and sets their rights
+-- in this database to exactly the ones below: rights on schema aol granted by hand before
+-- are taken away first. Needs CREATEROLE and ownership of schema aol (the migrating role);
+-- pg_signal_backend needs its ADMIN option (a superuser).
+DO $roles$
+DECLARE
+    v_prefix    text := current_setting('aol.roles_prefix', true);
+    v_terminate text := coalesce(current_setting('aol.roles_terminate', true), '');
+    v_enqueuer  text;
+    v_worker    text;
+    v_operator  text;
+    v_suffix    text;
+    v_role      text;
+    v_verifier  text;
+    v_risky     text;
+BEGIN
+    IF v_prefix IS NULL OR v_prefix !~ '^[a-z_][a-z0-9_]{0,53}$' THEN
+        RAISE EXCEPTION 'aol roles: the prefix must be 1 to 54 characters of a-z, 0-9 and _, '
+                        'not starting with a digit; got %', coalesce(v_prefix, '(none)')
+            USING ERRCODE = '22023', COLUMN = 'prefix';
+    END IF;
+    IF v_terminate NOT IN ('', 'grant', 'revoke') THEN
+        RAISE EXCEPTION 'aol roles: terminate must be grant, revoke or empty; got %', v_terminate
+            USING ERRCODE = '22023';
+    END IF;
+    v_enqueuer := v_prefix || '_enqueuer';
+    v_worker := v_prefix || '_worker';
+    v_operator := v_prefix || '_operator';
+
+    FOREACH v_suffix IN ARRAY ARRAY['enqueuer', 'worker', 'operator'] LOOP
+        v_role := v_prefix || '_' || v_suffix;
+        v_verifier := nullif(current_setting('aol.roles_' || v_suffix || '_password', true), '');
+        SELECT concat_ws(', ', CASE WHEN r.rolsuper THEN 'SUPERUSER' END,
+                         CASE WHEN r.rolcreaterole THEN 'CREATEROLE' END,
+                         CASE WHEN r.rolcreatedb THEN 'CREATEDB' END,
+                         CASE WHEN r.rolreplication THEN 'REPLICATION' END,
+                         CASE WHEN r.rolbypassrls THEN 'BYPASSRLS' END)
+          INTO v_risky
+          FROM pg_catalog.pg_roles r WHERE r.rolname = v_role;
+        IF NOT FOUND THEN
+            EXECUTE format('CREATE ROLE %I NOLOGIN', v_role);
+        ELSIF v_risky <> '' THEN
+            RAISE EXCEPTION 'aol roles: role % already exists with %, more than aol grants',
+                            v_role, v_risky
+                USING ERRCODE = '42710',
+                      HINT = 'Drop or alter that role, or choose another --prefix.';
+        ELSE
+            EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA aol FROM %I', v_role);
+            EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA aol FROM %I', v_role);
+            EXECUTE format('REVOKE ALL ON ALL FUNCTIONS IN SCHEMA aol FROM %I', v_role);
+            EXECUTE format('REVOKE ALL ON SCHEMA aol FROM %I', v_role);
+            EXECUTE format('REVOKE ALL ON public.aol_alembic_version FROM %I', v_role);
+        END IF;
+        IF v_verifier IS NOT NULL THEN
+            EXECUTE format('ALTER ROLE %I LOGIN PASSWORD %L', v_role, v_verifier);
+        END IF;
+        IF NOT has_database_privilege(v_role, current_database(), 'CONNECT') THEN
+            EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), v_role);
+        END IF;
+        EXECUTE format('GRANT USAGE ON SCHEMA aol TO %I', v_role);
+    END LOOP;
+
+    EXECUTE format('GRANT EXECUTE ON FUNCTION '
+                   'aol.enqueue(text, jsonb, text, timestamptz, integer, integer) TO %I, %I',
+                   v_enqueuer, v_worker);
+
+    EXECUTE format('GRANT SELECT ON public.aol_alembic_version TO %I, %I', v_worker, v_operator);
+    EXECUTE format('GRANT SELECT, UPDATE ON aol.actions, aol.lease TO %I', v_worker);
+    EXECUTE format('GRANT SELECT ON aol.control_flags TO %I', v_worker);
+    EXECUTE format('GRANT INSERT ON aol.execution_logs, aol.tick_ledger TO %I', v_worker);
+    -- INSERT ... RETURNING action_id, and the ON CONFLICT arbiter of record_tick, read these.
+    EXECUTE format('GRANT SELECT (action_id) ON aol.execution_logs TO %I', v_worker);
+    EXECUTE format('GRANT SELECT (epoch, tick) ON aol.tick_ledger TO %I', v_worker);
+    IF v_terminate = 'grant' THEN
+        EXECUTE format('GRANT pg_signal_backend TO %I', v_worker);
+    ELSIF v_terminate = 'revoke' AND EXISTS (
+        SELECT FROM pg_catalog.pg_auth_members m
+         WHERE m.roleid = 'pg_signal_backend'::regrole
+           AND m.member = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = v_worker)
+    ) THEN
+        EXECUTE format('REVOKE pg_signal_backend FROM %I', v_worker);
+    END IF;
+
+    EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA aol TO %I', v_operator);
+    -- What `aol dlq retry` writes, and its audit row; flags only through the function.
+    EXECUTE format('GRANT UPDATE (status, not_before, finished_at, updated_at, max_attempts) '
+                   'ON aol.actions TO %I', v_operator);
+    EXECUTE format('GRANT INSERT ON aol.execution_logs TO %I', v_operator);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION '
+                   'aol.set_control_flags(boolean, boolean, boolean, text, boolean) TO %I',
+                   v_operator);
+END
+$roles$;
+
+-- name: roles_drop
+-- Takes back every right roles_create gave in this database and drops the roles (they own
+-- nothing). A role that still holds rights in another database is kept (roles_describe
+-- names those databases): the last database to drop it drops it.
+DO $roles$
+DECLARE
+    v_prefix text := current_setting('aol.roles_prefix', true);
+    v_suffix text;
+    v_role   text;
+BEGIN
+    IF v_prefix IS NULL OR v_prefix !~ '^[a-z_][a-z0-9_]{0,53}$' THEN
+        RAISE EXCEPTION 'aol roles: the prefix must be 1 to 54 characters of a-z, 0-9 and _, '
+                        'not starting with a digit; got %', coalesce(v_prefix, '(none)')
+            USING ERRCODE = '22023', COLUMN = 'prefix';
+    END IF;
+    FOREACH v_suffix IN ARRAY ARRAY['enqueuer', 'worker', 'operator'] LOOP
+        v_role := v_prefix || '_' || v_suffix;
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname = v_role);
+        IF to_regnamespace('aol') IS NOT NULL THEN
+            EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA aol FROM %I', v_role);
+            EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA aol FROM %I', v_role);
+            EXECUTE format('REVOKE ALL ON ALL FUNCTIONS IN SCHEMA aol FROM %I', v_role);
+            EXECUTE format('REVOKE ALL ON SCHEMA aol FROM %I', v_role);
+        END IF;
+        IF to_regclass('public.aol_alembic_version') IS NOT NULL THEN
+            EXECUTE format('REVOKE ALL ON public.aol_alembic_version FROM %I', v_role);
+        END IF;
+        EXECUTE format('REVOKE CONNECT ON DATABASE %I FROM %I', current_database(), v_role);
+        IF EXISTS (
+            SELECT FROM pg_catalog.pg_auth_members m
+             WHERE m.roleid = 'pg_signal_backend'::regrole
+               AND m.member = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = v_role)
+        ) THEN
+            EXECUTE format('REVOKE pg_signal_backend FROM %I', v_role);
+        END IF;
+        BEGIN
+            EXECUTE format('DROP ROLE %I', v_role);
+        EXCEPTION WHEN dependent_objects_still_exist THEN
+            NULL;
+        END;
+    END LOOP;
+END
+$roles$;
+
+-- name: roles_describe
+-- The three roles of $1 prefix as they are now (exists is false for a missing one), with
+-- the other databases where they hold rights (pg_shdepend: objects there, or the database).
+SELECT s.suffix, $1::text || '_' || s.suffix AS role, r.oid IS NOT NULL AS exists,
+       coalesce(r.rolcanlogin, false) AS can_login,
+       coalesce(EXISTS (SELECT FROM pg_catalog.pg_auth_members m
+                         WHERE m.roleid = 'pg_signal_backend'::regrole AND m.member = r.oid),
+                false) AS can_terminate,
+       coalesce((SELECT array_agg(DISTINCT d.datname::text ORDER BY d.datname::text)
+                   FROM pg_catalog.pg_shdepend sd
+                   JOIN pg_catalog.pg_database d
+                     ON d.oid = CASE WHEN sd.classid = 'pg_catalog.pg_database'::regclass
+                                     THEN sd.objid ELSE sd.dbid END
+                  WHERE sd.refclassid = 'pg_catalog.pg_authid'::regclass
+                    AND sd.refobjid = r.oid AND d.datname <> current_database()),
+                ARRAY[]::text[]) AS elsewhere
+  FROM unnest(ARRAY['enqueuer', 'worker', 'operator']) WITH ORDINALITY AS s (suffix, n)
+  LEFT JOIN pg_catalog.pg_roles r ON r.rolname = $1::text || '_' || s.suffix
+ ORDER BY s.n;

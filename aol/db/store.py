@@ -182,13 +182,20 @@ async def read_flags(db: Executor) -> Flags:
 async def set_flags(
     db: Executor,
     *,
-    changed_by: str,
-    reason: str | None,
+    reason: str,
     paused: bool | None = None,
     killed: bool | None = None,
     proof_mode: bool | None = None,
+    kill_cancels: bool | None = None,
 ) -> Flags:
-    row = await db.fetchrow(q("set_flags"), paused, killed, proof_mode, changed_by, reason)
+    """Change the flags through `aol.set_control_flags`; None leaves a flag as it is.
+
+    The database records who (the login, `session_user`), when and why, and refuses an
+    empty reason with SQLSTATE 22023.
+    """
+    row = await db.fetchrow(
+        q("set_control_flags"), paused, killed, proof_mode, reason, kill_cancels
+    )
     return _flags(row)
 
 
@@ -396,3 +403,43 @@ async def count_other_clients(db: Executor) -> int:
 
 async def notify(db: Executor, *, channel: str, payload: str) -> None:
     await db.fetchval(q("notify"), channel, payload)
+
+
+# --- roles (aol roles create / drop) --------------------------------------------------
+
+
+async def set_role_parameters(
+    conn: Executor,
+    *,
+    prefix: str,
+    verifiers: dict[str, str],
+    terminate: str,
+) -> None:
+    """Hand the inputs to `create_roles`/`drop_roles`, for the current transaction only.
+
+    `verifiers` maps a role suffix (enqueuer, worker, operator) to a SCRAM-SHA-256 verifier,
+    never a plain password; `terminate` is 'grant', 'revoke' or ''.
+    """
+    await conn.fetchval(
+        q("roles_parameters"),
+        prefix,
+        verifiers.get("enqueuer", ""),
+        verifiers.get("worker", ""),
+        verifiers.get("operator", ""),
+        terminate,
+    )
+
+
+async def create_roles(conn: Executor) -> None:
+    """Create and grant the roles described by `set_role_parameters` (same transaction)."""
+    await conn.execute(q("roles_create"))
+
+
+async def drop_roles(conn: Executor) -> None:
+    """Revoke and drop the roles of the prefix given to `set_role_parameters`."""
+    await conn.execute(q("roles_drop"))
+
+
+async def describe_roles(db: Executor, *, prefix: str) -> list[dict[str, Any]]:
+    """suffix, role, exists, can_login, can_terminate for each of the three roles."""
+    return [dict(r) for r in await db.fetch(q("roles_describe"), prefix)]

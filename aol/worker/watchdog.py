@@ -58,8 +58,19 @@ class Watchdog:
             await asyncio.sleep(self.interval)
 
     def _watch(self) -> None:
+        # The stall is counted on this thread's own checks. A check that comes far later than
+        # asked means the whole process did not run (SIGSTOP, a paused VM): that gap is not
+        # the loop's doing and counts as one interval, so a resumed process sees its loop
+        # beat (or its lost lease) instead of exiting 70 at once on SIGCONT.
+        checked = time.monotonic()
+        stalled = 0.0
         while not self._stop.wait(self.interval):
-            stalled = time.monotonic() - self._last
+            now = time.monotonic()
+            gap = now - checked
+            credited = gap if gap <= 2 * self.interval else self.interval
+            last = self._last
+            stalled = min(now - last, credited) if last > checked else stalled + credited
+            checked = now
             if stalled > self.limit:
                 self.fired = True
                 log.critical("watchdog_fired", stalled_s=round(stalled, 3), limit_s=self.limit)

@@ -34,7 +34,7 @@ async def untouched(pool: asyncpg.Pool[Any], action_id: int) -> bool:
 async def test_a_paused_worker_claims_nothing_though_actions_are_due(
     settings: Settings, db_url: str, pool: asyncpg.Pool[Any]
 ) -> None:
-    await store.set_flags(pool, paused=True, changed_by="t", reason="maintenance")
+    await store.set_flags(pool, paused=True, reason="maintenance")
     ids = [await insert_action(pool, action_type=h.OK) for _ in range(2)]
 
     assert await run_worker(settings, db_url, ticks=2, registry=h.registry()) == EXIT_OK
@@ -51,7 +51,7 @@ async def test_a_paused_worker_claims_nothing_though_actions_are_due(
 async def test_resume_wakes_a_paused_worker_within_a_second(
     settings: Settings, db_url: str, pool: asyncpg.Pool[Any]
 ) -> None:
-    await store.set_flags(pool, paused=True, changed_by="t", reason="hold")
+    await store.set_flags(pool, paused=True, reason="hold")
     action_id = await insert_action(pool, action_type=h.OK)
 
     async with h.background_worker(idle(settings), db_url, h.registry()):
@@ -59,7 +59,7 @@ async def test_resume_wakes_a_paused_worker_within_a_second(
         assert await untouched(pool, action_id)
 
         started = time.monotonic()
-        flags = await store.set_flags(pool, paused=False, changed_by="t", reason="go")
+        flags = await store.set_flags(pool, paused=False, reason="go")
         row = await h.wait_status(pool, action_id, "succeeded", timeout=5.0)
         elapsed = time.monotonic() - started
 
@@ -76,7 +76,7 @@ async def test_kill_stops_a_running_worker_promptly_with_exit_code_zero(
         await h.wait_outcome(pool, "idle")
 
         started = time.monotonic()
-        await store.set_flags(pool, killed=True, changed_by="t", reason="stop now")
+        await store.set_flags(pool, killed=True, reason="stop now")
         code = await worker.exited(timeout=5.0)
         elapsed = time.monotonic() - started
 
@@ -89,7 +89,7 @@ async def test_kill_stops_a_running_worker_promptly_with_exit_code_zero(
 async def test_a_worker_started_while_killed_exits_at_once_without_claiming(
     settings: Settings, db_url: str, pool: asyncpg.Pool[Any]
 ) -> None:
-    await store.set_flags(pool, killed=True, changed_by="t", reason="incident")
+    await store.set_flags(pool, killed=True, reason="incident")
     action_id = await insert_action(pool, action_type=h.OK)
 
     started = time.monotonic()
@@ -105,12 +105,12 @@ async def test_a_worker_started_while_killed_exits_at_once_without_claiming(
 async def test_unkill_lets_the_next_worker_run_what_waited(
     settings: Settings, db_url: str, pool: asyncpg.Pool[Any]
 ) -> None:
-    await store.set_flags(pool, killed=True, changed_by="t", reason="incident")
+    await store.set_flags(pool, killed=True, reason="incident")
     action_id = await insert_action(pool, action_type=h.OK)
     assert await run_worker(settings, db_url, ticks=1, registry=h.registry()) == EXIT_OK
     assert await untouched(pool, action_id)
 
-    await store.set_flags(pool, killed=False, changed_by="t", reason="resolved")
+    await store.set_flags(pool, killed=False, reason="resolved")
     assert await run_worker(settings, db_url, ticks=1, registry=h.registry()) == EXIT_OK
 
     assert (await h.action(pool, action_id))["status"] == "succeeded"

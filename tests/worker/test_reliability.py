@@ -42,7 +42,12 @@ async def test_a_handler_that_swallows_cancellation_is_timed_out_and_the_tick_en
         row = await h.wait_status(pool, stubborn, "retry", timeout=5)
         assert "HandlerTimeout" in row["last_error"]
         assert "ignored cancellation" in row["last_error"]
-        [tick] = [t for t in await h.ledger(pool) if t["claimed"]][:1]
+
+        # The ledger row is written when the tick ends, just after the result.
+        async def claiming_ticks() -> list[dict[str, Any]]:
+            return [t for t in await h.ledger(pool) if t["claimed"]]
+
+        [tick] = await wait_for(claiming_ticks, timeout=5, what="the tick's ledger row")
         assert tick["duration_ms"] < 2000  # 0.5 s deadline + 0.5 s grace, not 10 s
         # The worker is still free to work: a later action runs.
         ok = await enqueue(pool, h.OK, {}, idempotency_key="after")

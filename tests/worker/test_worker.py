@@ -235,7 +235,7 @@ async def test_a_permanent_error_dead_letters_after_one_attempt(
 async def test_post_social_with_proof_mode_off_is_dead_without_retries(
     settings: Settings, db_url: str, pool: asyncpg.Pool[Any]
 ) -> None:
-    await store.set_flags(pool, proof_mode=False, changed_by="t", reason="r")
+    await store.set_flags(pool, proof_mode=False, reason="r")
     action_id = await insert_action(pool, action_type=h.POST, max_attempts=5)
 
     assert await run_worker(settings, db_url, ticks=1, registry=h.registry()) == EXIT_OK
