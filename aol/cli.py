@@ -485,6 +485,23 @@ def roles_drop(ctx: click.Context, prefix: str) -> None:
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def config(ctx: click.Context, as_json: bool) -> None:
+    """Print the effective configuration (flags, AOL_* environment, defaults), secrets masked."""
+    try:
+        view = _settings(ctx).masked()
+    except AolError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(view))
+        return
+    width = max(map(len, view))
+    for name, value in view.items():
+        click.echo(f"{name.ljust(width)}  {value}")
+
+
+@cli.command()
 @click.option("--timeout", type=float, default=60.0, show_default=True)
 @click.pass_context
 def demo(ctx: click.Context, timeout: float) -> None:

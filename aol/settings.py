@@ -144,17 +144,15 @@ def load_settings(
 
     for name, (var, parse, shape) in _SOURCES.items():
         if name in flags:
-            raw, source = flags[name], _flag(name)
+            raw, source = flags[name], f"{_flag(name)} (or {var})"
         elif var in env:
-            raw, source = env[var], var
+            raw, source = env[var], f"{var} (or {_flag(name)})"
         else:
             continue
         try:
             values[name] = parse(raw) if isinstance(raw, str) else raw
         except ValueError:
-            raise ConfigError(
-                f"{source} (or {var}) = {raw!r} is not valid: expected {shape}"
-            ) from None
+            raise ConfigError(f"{source} = {raw!r} is not valid: expected {shape}") from None
     unknown = set(flags) - set(_SOURCES)
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")

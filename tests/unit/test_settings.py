@@ -75,3 +75,9 @@ def test_masked_view_hides_the_password() -> None:
     s = load_settings({"database_url": "postgresql://u:secret@h/db"}, env={})
     assert "secret" not in str(s.masked())
     assert mask_url("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
+
+
+def test_an_environment_error_names_the_variable_first_and_the_flag_too() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({}, env={"AOL_BATCH_SIZE": "many"})
+    assert str(caught.value).startswith("AOL_BATCH_SIZE (or --batch-size) = 'many'")
