@@ -122,22 +122,32 @@ UPDATE aol.actions a
 RETURNING a.id, a.idempotency_key, a.action_type, a.payload, a.status, a.priority,
           a.attempts, a.max_attempts, a.not_before, a.claim_epoch, a.created_at;
 
--- name: finish_action
--- Fenced: writes only while the row is still this claim's (epoch and attempt) and the
--- lease is still at this epoch. No row back means the result was refused.
--- $1 id, $2 epoch, $3 attempt, $4 tick, $5 duration_ms, $6 message, $7 artifact_ref,
--- $8 artifact_sha256
-WITH done AS (
+-- name: finish_actions
+-- A tick's successes in one statement. Fenced row by row: a row is written only while it is
+-- still this claim's (epoch and attempt) and the lease is still at this epoch. The ids that
+-- come back are the results that were written; any other was refused.
+-- $1 ids, $2 epoch, $3 attempts, $4 tick, $5 durations (ms), $6 messages, $7 artifact refs,
+-- $8 artifact sha256s (arrays of equal length; NULL entries allowed in $6..$8)
+WITH input AS (
+    SELECT *
+      FROM unnest($1::bigint[], $3::integer[], $5::double precision[], $6::text[],
+                  $7::text[], $8::text[])
+           AS t(id, attempt, duration_ms, message, artifact_ref, artifact_sha256)
+), done AS (
     UPDATE aol.actions a
        SET status = 'succeeded', finished_at = now(), updated_at = now(), last_error = NULL
-     WHERE a.id = $1 AND a.status = 'running' AND a.claim_epoch = $2 AND a.attempts = $3
+      FROM input
+     WHERE a.id = input.id AND a.status = 'running' AND a.claim_epoch = $2
+       AND a.attempts = input.attempt
        AND EXISTS (SELECT 1 FROM aol.lease l WHERE l.id = 1 AND l.epoch = $2)
     RETURNING a.id
 )
 INSERT INTO aol.execution_logs
     (action_id, attempt, epoch, tick, level, event, message, duration_ms, artifact_ref,
      artifact_sha256)
-SELECT id, $3, $2, $4, 'info', 'action_succeeded', $6, $5, $7, $8 FROM done
+SELECT input.id, input.attempt, $2, $4, 'info', 'action_succeeded', input.message,
+       input.duration_ms, input.artifact_ref, input.artifact_sha256
+  FROM input JOIN done ON done.id = input.id
 RETURNING action_id;
 
 -- name: schedule_retry

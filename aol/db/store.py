@@ -227,6 +227,33 @@ async def claim_actions(
     return actions
 
 
+async def finish_actions(
+    db: Executor,
+    *,
+    epoch: Epoch,
+    tick: int,
+    action_ids: Sequence[ActionId],
+    attempts: Sequence[int],
+    durations_ms: Sequence[float],
+    messages: Sequence[str | None],
+    artifact_refs: Sequence[str | None],
+    artifact_sha256s: Sequence[str | None],
+) -> set[ActionId]:
+    """Mark many attempts succeeded in one statement; returns the ids actually written."""
+    rows = await db.fetch(
+        q("finish_actions"),
+        list(action_ids),
+        epoch,
+        list(attempts),
+        tick,
+        list(durations_ms),
+        list(messages),
+        list(artifact_refs),
+        list(artifact_sha256s),
+    )
+    return {ActionId(r["action_id"]) for r in rows}
+
+
 async def finish_action(
     db: Executor,
     *,
@@ -239,18 +266,19 @@ async def finish_action(
     artifact_ref: str | None,
     artifact_sha256: str | None,
 ) -> bool:
-    value = await db.fetchval(
-        q("finish_action"),
-        action_id,
-        epoch,
-        attempt,
-        tick,
-        duration_ms,
-        message,
-        artifact_ref,
-        artifact_sha256,
+    """Mark one attempt succeeded (fenced); False when the write was refused."""
+    written = await finish_actions(
+        db,
+        epoch=epoch,
+        tick=tick,
+        action_ids=[action_id],
+        attempts=[attempt],
+        durations_ms=[duration_ms],
+        messages=[message],
+        artifact_refs=[artifact_ref],
+        artifact_sha256s=[artifact_sha256],
     )
-    return value is not None
+    return action_id in written
 
 
 async def schedule_retry(

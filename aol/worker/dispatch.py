@@ -64,17 +64,30 @@ def describe(exc: BaseException) -> str:
     return text[:ERROR_MAX_CHARS]
 
 
-async def run_action(
-    ctx: WorkerContext, action: Action, *, proof: bool, tick: int
-) -> AttemptResult:
-    """Execute one attempt and record its result; returns what became of it."""
-    alog = log.bind(
+@dataclass(slots=True)
+class Outcome:
+    """What one attempt came to, before it is written."""
+
+    action: Action
+    duration_ms: float
+    error: BaseException | None = None
+    message: str | None = None
+    hctx: HandlerContext | None = None
+
+
+def _bound(ctx: WorkerContext, action: Action, tick: int) -> Any:
+    return log.bind(
         action_id=action.id,
         action_type=action.action_type,
         attempt=action.attempts,
         epoch=ctx.lease.epoch,
         tick=tick,
     )
+
+
+async def run_action(ctx: WorkerContext, action: Action, *, proof: bool, tick: int) -> Outcome:
+    """Execute one attempt; the result is written by `record_outcomes`."""
+    alog = _bound(ctx, action, tick)
     hctx = HandlerContext(action=action, proof=proof, log=alog, data_dir=ctx.data_dir)
     started = time.monotonic()
     error: BaseException | None = None
@@ -85,21 +98,75 @@ async def run_action(
             message = await run_isolated(fn, hctx, timeout=ctx.settings.action_timeout)
         else:
             message = await call_with_deadline(fn(hctx), ctx.settings.action_timeout, alog)
+        if message is not None and not isinstance(message, str):
+            raise TypeError(
+                f"handler returned {type(message).__name__}; a handler returns a str or None"
+            )
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # a broken handler fails its own action only
         error = exc
     duration_ms = (time.monotonic() - started) * 1000
-    return await record_result(
-        ctx,
-        action,
-        tick=tick,
-        duration_ms=duration_ms,
-        error=error,
-        message=message,
-        hctx=hctx,
-        alog=alog,
-    )
+    return Outcome(action=action, duration_ms=duration_ms, error=error, message=message, hctx=hctx)
+
+
+async def record_outcomes(
+    ctx: WorkerContext, outcomes: list[Outcome], *, tick: int
+) -> dict[int, AttemptResult]:
+    """Write a tick's outcomes: every success in one statement, each failure on its own.
+
+    All writes are fenced by epoch and attempt; refused ones are logged and counted.
+    """
+    results: dict[int, AttemptResult] = {}
+    successes = [o for o in outcomes if o.error is None]
+    if successes and ctx.lease.held:
+        refs = [_artifact(o) for o in successes]
+        written = await store.finish_actions(
+            ctx.pool,
+            epoch=ctx.lease.epoch,
+            tick=tick,
+            action_ids=[o.action.id for o in successes],
+            attempts=[o.action.attempts for o in successes],
+            durations_ms=[round(o.duration_ms, 3) for o in successes],
+            messages=[o.message for o in successes],
+            artifact_refs=[r[0] for r in refs],
+            artifact_sha256s=[r[1] for r in refs],
+        )
+        for o, (ref, sha) in zip(successes, refs, strict=True):
+            alog = _bound(ctx, o.action, tick)
+            if o.action.id in written:
+                extra = {"artifact_ref": ref, "artifact_sha256": sha} if ref else {}
+                alog.info("action_succeeded", duration_ms=round(o.duration_ms, 3), **extra)
+                results[o.action.id] = AttemptResult.SUCCEEDED
+            else:
+                ctx.lease.refused_writes += 1
+                alog.warning(
+                    "action_result_discarded",
+                    outcome="succeeded",
+                    reason="claim no longer held at this epoch",
+                )
+                results[o.action.id] = AttemptResult.DISCARDED
+        successes = []
+    for o in outcomes:
+        if o.action.id not in results:
+            results[o.action.id] = await record_result(
+                ctx,
+                o.action,
+                tick=tick,
+                duration_ms=o.duration_ms,
+                error=o.error,
+                message=o.message,
+                hctx=o.hctx,
+            )
+    return results
+
+
+def _artifact(outcome: Outcome) -> tuple[str | None, str | None]:
+    hctx = outcome.hctx
+    if hctx is None or not hctx.artifacts:
+        return None, None
+    first = hctx.artifacts[0]
+    return str(first.path), first.sha256
 
 
 async def call_with_deadline(call: Awaitable[str | None], timeout: float, alog: Any) -> str | None:

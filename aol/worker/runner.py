@@ -37,6 +37,9 @@ EXIT_LEASE_LOST = 4
 # instead of spinning.
 UNCLAIMABLE_BACKOFF = 1.0
 RESCUE_SLACK = 0.05
+# Results are written in one statement per tick; failures queue for a pooled connection
+# rather than opening one each, so a large batch cannot exhaust the server's connections.
+POOL_MAX_SIZE = 10
 # A standby whose database is away tries again this often.
 STANDBY_RETRY = 1.0
 _DATABASE_ERRORS = (DatabaseUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
@@ -136,7 +139,9 @@ async def _serve(
     stop: asyncio.Event,
     ticks: int | None,
 ) -> int:
-    pool = await create_pool(url, min_size=1, max_size=settings.batch_size + 2)
+    pool = await create_pool(
+        url, min_size=1, max_size=min(settings.batch_size + 2, POOL_MAX_SIZE)
+    )
     listener: Listener | Quiet = (
         Listener(url, store.WAKEUP_CHANNEL, application_name=f"aol-listen {lease.owner}")
         if settings.listen

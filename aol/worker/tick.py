@@ -17,7 +17,13 @@ from aol.db import store
 from aol.errors import AttemptInterrupted
 from aol.logs import get_logger
 from aol.model import Action, AttemptResult, TickOutcome
-from aol.worker.dispatch import WorkerContext, record_result, run_action
+from aol.worker.dispatch import (
+    Outcome,
+    WorkerContext,
+    record_outcomes,
+    record_result,
+    run_action,
+)
 
 log = get_logger("aol.tick")
 CLEANUP_TIMEOUT = 5.0
@@ -40,6 +46,7 @@ class TickReport:
 async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
     started = time.monotonic()
     results: dict[int, AttemptResult] = {}
+    outcomes: dict[int, Outcome] = {}
     claimed: list[Action] = []
     outcome: TickOutcome
     error: str | None = None
@@ -64,15 +71,10 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
                     limit=ctx.settings.batch_size,
                     claim_ttl=ctx.settings.claim_ttl,
                 )
-                ended = await asyncio.gather(
-                    *(_run_into(ctx, a, flags.proof_mode, tick, results) for a in claimed),
-                    return_exceptions=True,
+                await asyncio.gather(
+                    *(_run_into(ctx, a, flags.proof_mode, tick, outcomes) for a in claimed)
                 )
-                # A failure fails the tick only once every attempt has ended: a sibling
-                # still running must not be recorded as failed (and claimed again).
-                for failure in ended:
-                    if isinstance(failure, BaseException):
-                        raise failure
+                results.update(await record_outcomes(ctx, list(outcomes.values()), tick=tick))
                 outcome = policy.tick_outcome(claimed=len(claimed), timed_out=False, failed=False)
     except TimeoutError:
         timed_out = True
@@ -82,7 +84,9 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
         # Cut short (shutdown past its grace, kill, lost lease): close the books on what was
         # claimed, so a live worker leaves nothing in `running`, then go.
         stop = ctx.interrupt
-        await _fail_unfinished(ctx, claimed, results, tick, stop.reason, cancel=stop.cancel_actions)
+        await _fail_unfinished(
+            ctx, claimed, outcomes, results, tick, stop.reason, cancel=stop.cancel_actions
+        )
         await _record(
             ctx, _report(tick, stop.outcome, claimed, results, rescued, started, stop.reason)
         )
@@ -98,7 +102,7 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
             error_type=type(exc).__name__,
         )
     if timed_out or failed:
-        await _fail_unfinished(ctx, claimed, results, tick, error or "tick failed")
+        await _fail_unfinished(ctx, claimed, outcomes, results, tick, error or "tick failed")
         outcome = policy.tick_outcome(claimed=len(claimed), timed_out=timed_out, failed=failed)
 
     report = _report(tick, outcome, claimed, results, rescued, started, error)
@@ -131,9 +135,9 @@ def _report(
 
 
 async def _run_into(
-    ctx: WorkerContext, action: Action, proof: bool, tick: int, results: dict[int, AttemptResult]
+    ctx: WorkerContext, action: Action, proof: bool, tick: int, outcomes: dict[int, Outcome]
 ) -> None:
-    results[action.id] = await run_action(ctx, action, proof=proof, tick=tick)
+    outcomes[action.id] = await run_action(ctx, action, proof=proof, tick=tick)
 
 
 async def _rescue(ctx: WorkerContext) -> int:
@@ -146,14 +150,21 @@ async def _rescue(ctx: WorkerContext) -> int:
 async def _fail_unfinished(
     ctx: WorkerContext,
     claimed: list[Action],
+    outcomes: dict[int, Outcome],
     results: dict[int, AttemptResult],
     tick: int,
     reason: str,
     *,
     cancel: bool = False,
 ) -> None:
-    """Record a failed (or, with `cancel`, cancelled) attempt for every claimed action that
-    has no result yet."""
+    """Close the books on a tick cut short: write the attempts that did finish (a finished
+    side effect must not be run again), then record a failed (or, with `cancel`, cancelled)
+    attempt for every claimed action that has no result yet."""
+    finished = [o for i, o in outcomes.items() if i not in results]
+    if finished:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLEANUP_TIMEOUT):
+                results.update(await record_outcomes(ctx, finished, tick=tick))
     pending = [a for a in claimed if a.id not in results]
     if not pending:
         return

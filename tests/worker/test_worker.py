@@ -265,7 +265,7 @@ async def test_an_exception_in_one_handler_fails_only_its_own_action(
     assert "RuntimeError" in row["last_error"]
 
 
-async def test_a_result_the_database_refuses_fails_only_its_own_action(
+async def test_a_handler_breaking_its_contract_fails_only_its_own_action(
     settings: Settings, db_url: str, pool: asyncpg.Pool[Any]
 ) -> None:
     stall = h.Stall(seconds=0.5)
@@ -281,10 +281,10 @@ async def test_a_result_the_database_refuses_fails_only_its_own_action(
     assert await h.events(pool, slow) == ["action_succeeded"]
     failed = await h.action(pool, bad)
     assert (failed["status"], failed["attempts"]) == ("retry", 1)
-    assert "DataError" in failed["last_error"]
+    assert "TypeError: handler returned dict" in failed["last_error"]
     [tick] = await h.ledger(pool)
     assert (tick["outcome"], tick["claimed"], tick["succeeded"], tick["retried"]) == (
-        "error",
+        "ok",
         2,
         1,
         1,
