@@ -6,7 +6,7 @@ Durable, leased, auditable execution of an agent's side-effecting actions on Pos
 from aol.actions.artifacts import Artifact
 from aol.actions.context import HandlerContext
 from aol.actions.registry import Registry, default_registry, handler
-from aol.client import Client, enqueue
+from aol.client import Client, NewAction, enqueue, enqueue_many
 from aol.errors import (
     AolError,
     ConfigError,
@@ -37,6 +37,7 @@ __all__ = [
     "JSONObject",
     "LeaseHeld",
     "LeaseLost",
+    "NewAction",
     "PermanentError",
     "RealRunNotConfigured",
     "Registry",
@@ -44,5 +45,6 @@ __all__ = [
     "UnknownActionType",
     "default_registry",
     "enqueue",
+    "enqueue_many",
     "handler",
 ]

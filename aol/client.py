@@ -8,6 +8,8 @@ the same rules to Python and to plain SQL; its refusals become `EnqueueRejected`
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -72,21 +74,7 @@ async def enqueue(
     max_attempts: int = 3,
 ) -> ActionId:
     """Enqueue one action through `target`; returns its id (the existing id on a repeat key)."""
-    if not isinstance(payload, dict):
-        raise EnqueueRejected(
-            f"payload must be a JSON object (a dict), got {type(payload).__name__}",
-            field="payload",
-            constraint="actions_payload_is_object",
-        )
-    try:
-        json.dumps(payload)
-    except (TypeError, ValueError) as exc:
-        raise EnqueueRejected(f"payload is not JSON-serialisable: {exc}", field="payload") from exc
-    if not_before is not None and not_before.tzinfo is None:
-        raise EnqueueRejected(
-            "not_before must be timezone-aware (e.g. datetime.now(UTC)); got a naive datetime",
-            field="not_before",
-        )
+    _check(payload, not_before)
     db = await _raw_connection(target)
     try:
         return await store.enqueue_action(
@@ -102,6 +90,69 @@ async def enqueue(
         raise _rejected(exc) from exc
     except (UnicodeEncodeError, asyncpg.DataError, OverflowError) as exc:
         raise EnqueueRejected(f"aol.enqueue refused the input: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class NewAction:
+    """One action for `enqueue_many`."""
+
+    action_type: str
+    payload: JSONObject
+    idempotency_key: str
+    not_before: datetime | None = None
+    priority: int = 0
+    max_attempts: int = 3
+
+
+async def enqueue_many(target: Any, actions: Sequence[NewAction]) -> list[ActionId]:
+    """Enqueue many actions in one statement (one NOTIFY); ids in input order.
+
+    The batch is stored entirely or not at all; a repeated key returns the id that holds it.
+    """
+    if not actions:
+        return []
+    for n, item in enumerate(actions):
+        try:
+            _check(item.payload, item.not_before)
+        except EnqueueRejected as exc:
+            raise EnqueueRejected(
+                f"action {n} ({item.idempotency_key!r}): {exc}",
+                field=exc.field,
+                constraint=exc.constraint,
+            ) from None
+    db = await _raw_connection(target)
+    try:
+        return await store.enqueue_actions(
+            db,
+            action_types=[a.action_type for a in actions],
+            payloads=[a.payload for a in actions],
+            idempotency_keys=[a.idempotency_key for a in actions],
+            not_befores=[a.not_before for a in actions],
+            priorities=[a.priority for a in actions],
+            max_attempts=[a.max_attempts for a in actions],
+        )
+    except asyncpg.PostgresError as exc:
+        raise _rejected(exc) from exc
+    except (UnicodeEncodeError, asyncpg.DataError, OverflowError) as exc:
+        raise EnqueueRejected(f"aol.enqueue_many refused the input: {exc}") from exc
+
+
+def _check(payload: Any, not_before: datetime | None) -> None:
+    if not isinstance(payload, dict):
+        raise EnqueueRejected(
+            f"payload must be a JSON object (a dict), got {type(payload).__name__}",
+            field="payload",
+            constraint="actions_payload_is_object",
+        )
+    try:
+        json.dumps(payload)
+    except (TypeError, ValueError) as exc:
+        raise EnqueueRejected(f"payload is not JSON-serialisable: {exc}", field="payload") from exc
+    if not_before is not None and not_before.tzinfo is None:
+        raise EnqueueRejected(
+            "not_before must be timezone-aware (e.g. datetime.now(UTC)); got a naive datetime",
+            field="not_before",
+        )
 
 
 def _rejected(exc: asyncpg.PostgresError) -> Exception:
@@ -147,6 +198,12 @@ class Client:
         if self._pool is None:
             raise RuntimeError("Client is not open: use `async with Client(url) as client:`")
         return self._pool
+
+    async def enqueue_many(
+        self, actions: Sequence[NewAction], *, connection: Any = None
+    ) -> list[ActionId]:
+        """Enqueue many actions in one statement; see `aol.client.enqueue_many`."""
+        return await enqueue_many(self.pool if connection is None else connection, actions)
 
     async def enqueue(
         self,

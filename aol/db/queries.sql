@@ -14,6 +14,15 @@ SELECT version_num FROM public.aol_alembic_version;
 -- $3 idempotency_key, $4 not_before, $5 priority, $6 max_attempts
 SELECT aol.enqueue($1, $2::text::jsonb, $3, $4, $5, $6);
 
+-- name: enqueue_actions
+-- Many actions in one call (aol.enqueue_many); payloads as JSON text, like enqueue_action.
+-- Returns (ordinality, id) in input order.
+-- $1 action types, $2 payloads as JSON text, $3 idempotency keys, $4 not_befores,
+-- $5 priorities, $6 max_attempts
+SELECT ordinality, id
+  FROM aol.enqueue_many($1::text[], $2::text[]::jsonb[], $3::text[], $4::timestamptz[],
+                        $5::integer[], $6::integer[]);
+
 -- name: try_advisory_lock
 -- The lease lock: session-level, on the worker's dedicated lock connection only.
 SELECT pg_try_advisory_lock($1);
@@ -398,6 +407,9 @@ BEGIN
 
     EXECUTE format('GRANT EXECUTE ON FUNCTION '
                    'aol.enqueue(text, jsonb, text, timestamptz, integer, integer) TO %I, %I',
+                   v_enqueuer, v_worker);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION aol.enqueue_many(text[], jsonb[], text[], '
+                   'timestamptz[], integer[], integer[]) TO %I, %I',
                    v_enqueuer, v_worker);
 
     EXECUTE format('GRANT SELECT ON public.aol_alembic_version TO %I, %I', v_worker, v_operator);

@@ -100,6 +100,29 @@ async def enqueue_action(
     return ActionId(int(value))
 
 
+async def enqueue_actions(
+    db: Executor,
+    *,
+    action_types: Sequence[str],
+    payloads: Sequence[JSONObject],
+    idempotency_keys: Sequence[str],
+    not_befores: Sequence[datetime | None],
+    priorities: Sequence[int],
+    max_attempts: Sequence[int],
+) -> list[ActionId]:
+    """Enqueue many actions in one statement; ids in input order."""
+    rows = await db.fetch(
+        q("enqueue_actions"),
+        list(action_types),
+        [json.dumps(p, ensure_ascii=False, separators=(",", ":")) for p in payloads],
+        list(idempotency_keys),
+        list(not_befores),
+        list(priorities),
+        list(max_attempts),
+    )
+    return [ActionId(int(r["id"])) for r in rows]
+
+
 # --- lease ----------------------------------------------------------------------------
 
 

@@ -139,9 +139,7 @@ async def _serve(
     stop: asyncio.Event,
     ticks: int | None,
 ) -> int:
-    pool = await create_pool(
-        url, min_size=1, max_size=min(settings.batch_size + 2, POOL_MAX_SIZE)
-    )
+    pool = await create_pool(url, min_size=1, max_size=min(settings.batch_size + 2, POOL_MAX_SIZE))
     listener: Listener | Quiet = (
         Listener(url, store.WAKEUP_CHANNEL, application_name=f"aol-listen {lease.owner}")
         if settings.listen

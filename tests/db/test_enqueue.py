@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from aol import Client, EnqueueRejected
+from aol import Client, EnqueueRejected, NewAction
 from aol.db.connect import sqlalchemy_url
 from tests.factory import insert_action
 
@@ -214,3 +214,57 @@ async def test_insert_trigger_notifies_once_per_statement(
     finally:
         await conn.close()
     assert got == ["INSERT"]  # one for the bulk insert, none for a non-runnable row
+
+
+async def test_enqueue_many_returns_ids_in_order_and_is_idempotent_per_key(
+    db_url: str, pool: asyncpg.Pool[Any]
+) -> None:
+    existing = await insert_action(pool, idempotency_key="b")
+    batch = [NewAction("POST_SOCIAL", {"n": n}, key) for n, key in enumerate(["a", "b", "c"])]
+    async with Client(db_url) as client:
+        ids = await client.enqueue_many(batch)
+        again = await client.enqueue_many(batch)
+    assert ids == again
+    assert ids[1] == existing  # a stored key keeps its action
+    assert len(set(ids)) == 3
+    assert await count(pool) == 3
+
+
+async def test_enqueue_many_is_one_notify_and_one_statement(
+    db_url: str, pool: asyncpg.Pool[Any]
+) -> None:
+    conn = await asyncpg.connect(db_url)
+    got: list[str] = []
+    await conn.add_listener("aol_wakeup", lambda *a: got.append(a[3]))
+    try:
+        async with Client(db_url) as client:
+            ids = await client.enqueue_many([NewAction("T", {}, f"bulk-{n}") for n in range(1000)])
+        await asyncio.sleep(0.3)
+    finally:
+        await conn.close()
+    assert len(ids) == 1000
+    assert got == ["INSERT"]
+
+
+async def test_enqueue_many_stores_all_or_nothing(db_url: str, pool: asyncpg.Pool[Any]) -> None:
+    batch = [
+        NewAction("POST_SOCIAL", {"ok": 1}, "good"),
+        NewAction("", {"ok": 2}, "bad-type"),
+    ]
+    async with Client(db_url) as client:
+        with pytest.raises(EnqueueRejected) as caught:
+            await client.enqueue_many(batch)
+        with pytest.raises(EnqueueRejected, match=r"action 1 \('bad'\): payload must be"):
+            await client.enqueue_many(
+                [NewAction("T", {}, "fine"), NewAction("T", [1], "bad")]  # type: ignore[arg-type]
+            )
+    assert caught.value.constraint == "actions_action_type_not_empty"
+    assert await count(pool) == 0
+
+
+async def test_enqueue_many_refuses_arrays_of_different_lengths(pool: asyncpg.Pool[Any]) -> None:
+    with pytest.raises(asyncpg.PostgresError, match="one element per action") as caught:
+        await pool.fetch(
+            "SELECT * FROM aol.enqueue_many(ARRAY['T','T'], ARRAY['{}'::jsonb], ARRAY['a','b'])"
+        )
+    assert caught.value.sqlstate == "22023"
