@@ -40,11 +40,13 @@ def abandoned_handlers() -> int:
 
 @dataclass(slots=True)
 class Interrupt:
-    """Why a running tick was cut short, and what becomes of its unfinished attempts."""
+    """Why a running tick was cut short, and what becomes of its unfinished attempts; and
+    when the next tick looks for expired claims."""
 
     reason: str = "worker stopped mid-attempt"
     cancel_actions: bool = False
     outcome: TickOutcome = TickOutcome.ERROR
+    next_rescue: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from aol.worker.dispatch import (
 
 log = get_logger("aol.tick")
 CLEANUP_TIMEOUT = 5.0
+RESCUE_INTERVAL = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +64,11 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
                 outcome = TickOutcome.ERROR
                 error = "lease lost"
             else:
-                rescued = await _rescue(ctx)
+                if time.monotonic() >= ctx.interrupt.next_rescue:
+                    # Expired claims are rare: look for them at most once a second, not on
+                    # the hot path of every tick (the sleep still wakes at each expiry).
+                    ctx.interrupt.next_rescue = time.monotonic() + RESCUE_INTERVAL
+                    rescued = await _rescue(ctx)
                 claimed = await store.claim_actions(
                     ctx.pool,
                     owner=ctx.lease.owner,
