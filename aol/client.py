@@ -8,6 +8,7 @@ the same rules to Python and to plain SQL; its refusals become `EnqueueRejected`
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -155,7 +156,25 @@ def _check(payload: Any, not_before: datetime | None) -> None:
         )
 
 
+# The parameters of enqueue_action / enqueue_actions, in order, to name a refused one.
+_PARAMETERS = (
+    "action_type",
+    "payload",
+    "idempotency_key",
+    "not_before",
+    "priority",
+    "max_attempts",
+)
+_ARGUMENT = re.compile(r"query argument \$(\d+)")
+
+
 def _rejected(exc: asyncpg.PostgresError) -> Exception:
+    if isinstance(exc, asyncpg.DataError) and (found := _ARGUMENT.search(str(exc))):
+        # Refused by the driver before it reached the server (e.g. text that has no UTF-8
+        # form, such as a lone surrogate): name the parameter.
+        index = int(found.group(1)) - 1
+        field = _PARAMETERS[index] if 0 <= index < len(_PARAMETERS) else None
+        return EnqueueRejected(f"{field or 'an argument'} cannot be sent: {exc}", field=field)
     state = getattr(exc, "sqlstate", None)
     if state not in _REJECTING_STATES:
         return exc

@@ -110,17 +110,33 @@ SELECT paused, killed, proof_mode, changed_by, changed_at, reason, kill_cancels
 -- Claim up to $3 runnable, due actions in one statement. SKIP LOCKED lets concurrent
 -- claimers pass over each other's rows instead of waiting, so no row is handed out twice.
 -- The lease check makes a claimer whose epoch has moved on claim nothing.
--- Each claim counts as an attempt, so a poison action that kills workers still ends dead.
+-- Each claim counts as an attempt, so a poison action that kills workers still ends dead;
+-- and an action that was rescued (its worker died while it ran) is claimed alone, so such
+-- a poison action cannot burn the attempts of batch-mates.
 -- $1 owner, $2 epoch, $3 limit, $4 claim ttl seconds
-WITH picked AS (
+WITH lease AS (
+    SELECT 1 FROM aol.lease l WHERE l.id = 1 AND l.epoch = $2 AND l.owner = $1
+), suspect AS (
+    SELECT id
+      FROM aol.actions
+     WHERE status = 'retry' AND rescues > 0 AND not_before <= now()
+       AND EXISTS (SELECT 1 FROM lease)
+     ORDER BY not_before, id
+     LIMIT 1
+       FOR UPDATE SKIP LOCKED
+), batch AS (
     SELECT id
       FROM aol.actions
      WHERE status IN ('pending', 'retry')
        AND not_before <= now()
-       AND EXISTS (SELECT 1 FROM aol.lease l WHERE l.id = 1 AND l.epoch = $2 AND l.owner = $1)
+       AND rescues = 0
+       AND EXISTS (SELECT 1 FROM lease)
+       AND NOT EXISTS (SELECT 1 FROM suspect)
      ORDER BY priority DESC, not_before, id
      LIMIT $3
        FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT id FROM suspect UNION ALL SELECT id FROM batch
 )
 UPDATE aol.actions a
    SET status = 'running', attempts = a.attempts + 1, claimed_by = $1, claim_epoch = $2,
@@ -228,7 +244,7 @@ WITH lease AS (
     UPDATE aol.actions a
        SET status = CASE WHEN a.attempts >= a.max_attempts THEN 'dead' ELSE 'retry' END,
            finished_at = CASE WHEN a.attempts >= a.max_attempts THEN now() END,
-           not_before = now(), updated_at = now(),
+           not_before = now(), updated_at = now(), rescues = a.rescues + 1,
            last_error = format('attempt %s: claim by %s (epoch %s) expired at %s before '
                                'the attempt finished', a.attempts, a.claimed_by,
                                a.claim_epoch, a.claim_expires_at)

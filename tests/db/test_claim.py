@@ -278,3 +278,12 @@ async def test_claims_of_an_earlier_epoch_are_rescued_once_the_previous_lease_ex
     await set_lease(pool, epoch=2, previous_expires="now() - interval '1 second'")
     assert await store.rescue_expired_claims(pool, epoch=Epoch(2)) == [(old_claim, "retry")]
     assert (await row(pool, own_claim))["status"] == "running"
+
+
+async def test_a_rescued_action_is_claimed_alone(pool: asyncpg.Pool[Any]) -> None:
+    await set_lease(pool, epoch=1)
+    normal = [await insert_action(pool) for _ in range(3)]
+    suspect = await insert_action(pool, status="retry", rescues=1, attempts=1)
+
+    assert await claim(pool, limit=7) == [suspect]  # alone, though more were due
+    assert sorted(await claim(pool, limit=7)) == normal  # then the others, together
