@@ -135,15 +135,14 @@ WITH lease AS (
      ORDER BY priority DESC, not_before, id
      LIMIT $3
        FOR UPDATE SKIP LOCKED
-), picked AS (
-    SELECT id FROM suspect UNION ALL SELECT id FROM batch
 )
+-- The picked ids are joined back by primary key as an array: a join against the CTEs lets
+-- the planner choose a hash join over a sequential scan once most rows are runnable.
 UPDATE aol.actions a
    SET status = 'running', attempts = a.attempts + 1, claimed_by = $1, claim_epoch = $2,
        claimed_at = now(), claim_expires_at = now() + make_interval(secs => $4),
        updated_at = now()
-  FROM picked
- WHERE a.id = picked.id
+ WHERE a.id = ANY (ARRAY(SELECT id FROM suspect) || ARRAY(SELECT id FROM batch))
 RETURNING a.id, a.idempotency_key, a.action_type, a.payload, a.status, a.priority,
           a.attempts, a.max_attempts, a.not_before, a.claim_epoch, a.created_at;
 

@@ -7,8 +7,8 @@ Results are fenced: each write names the claim's epoch and attempt, and a refuse
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from aol import policy
 from aol.actions.context import HandlerContext
 from aol.actions.registry import Registry
 from aol.db import store
-from aol.errors import HandlerTimeout, PermanentError
+from aol.errors import HandlerTimeout, PermanentError, UnknownActionType
 from aol.logs import get_logger
 from aol.model import Action, AttemptResult, TickOutcome
 from aol.settings import Settings
@@ -75,6 +75,8 @@ class Outcome:
     error: BaseException | None = None
     message: str | None = None
     hctx: HandlerContext | None = None
+    alog: Any = None
+    isolated: bool = False
 
 
 def _bound(ctx: WorkerContext, action: Action, tick: int) -> Any:
@@ -87,29 +89,106 @@ def _bound(ctx: WorkerContext, action: Action, tick: int) -> Any:
     )
 
 
-async def run_action(ctx: WorkerContext, action: Action, *, proof: bool, tick: int) -> Outcome:
-    """Execute one attempt; the result is written by `record_outcomes`."""
-    alog = _bound(ctx, action, tick)
-    hctx = HandlerContext(action=action, proof=proof, log=alog, data_dir=ctx.data_dir)
+async def run_batch(
+    ctx: WorkerContext,
+    actions: list[Action],
+    *,
+    proof: bool,
+    tick: int,
+    outcomes: dict[int, Outcome],
+) -> None:
+    """Run a tick's attempts concurrently under one deadline, whether or not they cooperate.
+
+    Each handler runs in its own task and its outcome lands in `outcomes` the moment it
+    ends (so a tick cut short still knows which attempts finished). At the deadline the
+    stragglers are cancelled; one that swallows the cancellation is left behind (logged as
+    `handler_abandoned`) and recorded as timed out all the same, so the tick ends on time.
+    An isolated handler's child process is killed when its task is cancelled. A handler that
+    blocks the event loop cannot be bounded here: the watchdog ends the process instead.
+    """
+    timeout = ctx.settings.action_timeout
     started = time.monotonic()
-    error: BaseException | None = None
-    message: str | None = None
+    tasks: dict[asyncio.Task[str | None], Outcome] = {}
+    state = {"deadline_passed": False}
+    for action in actions:
+        alog = _bound(ctx, action, tick)
+        hctx = HandlerContext(action=action, proof=proof, log=alog, data_dir=ctx.data_dir)
+        pending = Outcome(action=action, duration_ms=0.0, hctx=hctx, alog=alog)
+        try:
+            fn = ctx.registry.get(action.action_type)
+        except UnknownActionType as exc:
+            pending.error = exc
+            outcomes[action.id] = pending
+            continue
+        pending.isolated = ctx.registry.is_isolated(action.action_type)
+        call = run_isolated(fn, hctx, timeout=timeout) if pending.isolated else fn(hctx)
+        task: asyncio.Task[str | None] = asyncio.ensure_future(call)
+        tasks[task] = pending
+        task.add_done_callback(
+            functools.partial(
+                _settle,
+                pending=pending,
+                outcomes=outcomes,
+                started=started,
+                timeout=timeout,
+                state=state,
+            )
+        )
+    if not tasks:
+        return
     try:
-        fn = ctx.registry.get(action.action_type)
-        if ctx.registry.is_isolated(action.action_type):
-            message = await run_isolated(fn, hctx, timeout=ctx.settings.action_timeout)
-        else:
-            message = await call_with_deadline(fn(hctx), ctx.settings.action_timeout, alog)
+        _, late = await asyncio.wait(tasks, timeout=timeout)
+    except asyncio.CancelledError:
+        for task in tasks:
+            task.cancel()  # the tick was cut short: the handlers go with it
+        raise
+    if not late:
+        return
+    state["deadline_passed"] = True
+    for task in late:
+        if not tasks[task].isolated:  # an isolated one kills its own child at the deadline
+            task.cancel()
+    _, stubborn = await asyncio.wait(late, timeout=CANCEL_GRACE)
+    for task in stubborn:
+        pending = tasks[task]
+        _abandoned.add(task)
+        task.add_done_callback(_abandoned.discard)
+        pending.alog.error("handler_abandoned", timeout_s=timeout, grace_s=CANCEL_GRACE)
+        pending.error = HandlerTimeout(
+            f"handler timed out after {timeout:g}s and ignored cancellation; it was abandoned"
+        )
+        pending.duration_ms = (time.monotonic() - started) * 1000
+        outcomes[pending.action.id] = pending
+
+
+def _settle(
+    task: asyncio.Task[str | None],
+    pending: Outcome,
+    outcomes: dict[int, Outcome],
+    started: float,
+    timeout: float,
+    state: dict[str, bool],
+) -> None:
+    """A handler task ended: note its outcome (unless already decided)."""
+    if pending.action.id in outcomes:
+        return  # abandoned earlier and already recorded as timed out
+    pending.duration_ms = (time.monotonic() - started) * 1000
+    if task.cancelled():
+        if not state["deadline_passed"]:
+            return  # the tick itself was cut short: the tick decides what this attempt was
+        killed = "; its process was killed" if pending.isolated else ""
+        pending.error = HandlerTimeout(f"handler timed out after {timeout:g}s{killed}")
+    elif (exc := task.exception()) is not None:
+        pending.error = exc
+    else:
+        message = task.result()
         if message is not None and not isinstance(message, str):
-            raise TypeError(
+            pending.error = TypeError(
                 f"handler returned {type(message).__name__}; a handler returns a str or None"
             )
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:  # a broken handler fails its own action only
-        error = exc
-    duration_ms = (time.monotonic() - started) * 1000
-    return Outcome(action=action, duration_ms=duration_ms, error=error, message=message, hctx=hctx)
+        else:
+            pending.message = message
+    outcomes[pending.action.id] = pending
 
 
 async def record_outcomes(
@@ -135,7 +214,7 @@ async def record_outcomes(
             artifact_sha256s=[r[1] for r in refs],
         )
         for o, (ref, sha) in zip(successes, refs, strict=True):
-            alog = _bound(ctx, o.action, tick)
+            alog = o.alog or _bound(ctx, o.action, tick)
             if o.action.id in written:
                 extra = {"artifact_ref": ref, "artifact_sha256": sha} if ref else {}
                 alog.info("action_succeeded", duration_ms=round(o.duration_ms, 3), **extra)
@@ -159,6 +238,7 @@ async def record_outcomes(
                 error=o.error,
                 message=o.message,
                 hctx=o.hctx,
+                alog=o.alog,
             )
     return results
 
@@ -169,34 +249,6 @@ def _artifact(outcome: Outcome) -> tuple[str | None, str | None]:
         return None, None
     first = hctx.artifacts[0]
     return str(first.path), first.sha256
-
-
-async def call_with_deadline(call: Awaitable[str | None], timeout: float, alog: Any) -> str | None:
-    """Await a handler for at most `timeout` seconds, whether or not it cooperates.
-
-    The handler runs in its own task. At the deadline it is cancelled; if it swallows the
-    cancellation it is left behind (logged as `handler_abandoned`) and the attempt is
-    recorded as timed out all the same, so the tick ends on time. A handler that blocks the
-    event loop cannot be bounded here: the watchdog ends the process instead.
-    """
-    task: asyncio.Task[str | None] = asyncio.ensure_future(call)
-    try:
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-    except asyncio.CancelledError:
-        task.cancel()  # the tick was cut short: the handler goes with it
-        raise
-    if task in done:
-        return task.result()
-    task.cancel()
-    done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE)
-    if task not in done:
-        _abandoned.add(task)
-        task.add_done_callback(_abandoned.discard)
-        alog.error("handler_abandoned", timeout_s=timeout, grace_s=CANCEL_GRACE)
-        raise HandlerTimeout(
-            f"handler timed out after {timeout:g}s and ignored cancellation; it was abandoned"
-        )
-    raise HandlerTimeout(f"handler timed out after {timeout:g}s")
 
 
 async def record_result(

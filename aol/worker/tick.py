@@ -22,7 +22,7 @@ from aol.worker.dispatch import (
     WorkerContext,
     record_outcomes,
     record_result,
-    run_action,
+    run_batch,
 )
 
 log = get_logger("aol.tick")
@@ -76,9 +76,7 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
                     limit=ctx.settings.batch_size,
                     claim_ttl=ctx.settings.claim_ttl,
                 )
-                await asyncio.gather(
-                    *(_run_into(ctx, a, flags.proof_mode, tick, outcomes) for a in claimed)
-                )
+                await run_batch(ctx, claimed, proof=flags.proof_mode, tick=tick, outcomes=outcomes)
                 results.update(await record_outcomes(ctx, list(outcomes.values()), tick=tick))
                 outcome = policy.tick_outcome(claimed=len(claimed), timed_out=False, failed=False)
     except TimeoutError:
@@ -137,12 +135,6 @@ def _report(
         duration_ms=round((time.monotonic() - started) * 1000, 3),
         error=error,
     )
-
-
-async def _run_into(
-    ctx: WorkerContext, action: Action, proof: bool, tick: int, outcomes: dict[int, Outcome]
-) -> None:
-    outcomes[action.id] = await run_action(ctx, action, proof=proof, tick=tick)
 
 
 async def _rescue(ctx: WorkerContext) -> int:

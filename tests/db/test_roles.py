@@ -440,7 +440,7 @@ async def test_allow_terminate_lets_the_worker_end_other_backends_but_not_a_supe
         assert [s.can_terminate for s in unchanged] == [False, True, False]
 
         async with as_role(db_url, roles["worker"]) as worker:
-            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="(?i)superuser"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match=r"(?i)superuser"):
                 await store.terminate_backend(worker, pid=superuser_pid, wait_ms=0)
             assert await store.terminate_backend(worker, pid=victim_pid, wait_ms=5000)
         assert await superuser.fetchval("SELECT 1") == 1  # still alive
