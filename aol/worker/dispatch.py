@@ -40,12 +40,17 @@ def abandoned_handlers() -> int:
 
 @dataclass(slots=True)
 class Interrupt:
-    """Why a running tick was cut short, and what becomes of its unfinished attempts; and
-    when the next tick looks for expired claims."""
+    """Why a running tick was cut short, and what becomes of its unfinished attempts."""
 
     reason: str = "worker stopped mid-attempt"
     cancel_actions: bool = False
     outcome: TickOutcome = TickOutcome.ERROR
+
+
+@dataclass(slots=True)
+class Housekeeping:
+    """When the next tick looks for expired claims (monotonic clock)."""
+
     next_rescue: float = 0.0
 
 
@@ -59,6 +64,7 @@ class WorkerContext:
     registry: Registry
     data_dir: Path
     interrupt: Interrupt = field(default_factory=Interrupt)
+    housekeeping: Housekeeping = field(default_factory=Housekeeping)
 
 
 def describe(exc: BaseException) -> str:

@@ -64,10 +64,10 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
                 outcome = TickOutcome.ERROR
                 error = "lease lost"
             else:
-                if time.monotonic() >= ctx.interrupt.next_rescue:
+                if time.monotonic() >= ctx.housekeeping.next_rescue:
                     # Expired claims are rare: look for them at most once a second, not on
                     # the hot path of every tick (the sleep still wakes at each expiry).
-                    ctx.interrupt.next_rescue = time.monotonic() + RESCUE_INTERVAL
+                    ctx.housekeeping.next_rescue = time.monotonic() + RESCUE_INTERVAL
                     rescued = await _rescue(ctx)
                 claimed = await store.claim_actions(
                     ctx.pool,
