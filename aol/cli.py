@@ -157,6 +157,12 @@ def migrate(ctx: click.Context, revision: str) -> None:
 @click.option("--shutdown-grace", type=float, default=None, help="Drain on SIGTERM, s (15).")
 @click.option("--owner", default=None, help="Lease owner name (host:pid).")
 @click.option(
+    "--health-port",
+    type=int,
+    default=None,
+    help="Serve GET /healthz and /readyz on this port (off by default).",
+)
+@click.option(
     "--poll-only",
     "listen",
     flag_value=False,

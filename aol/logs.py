@@ -42,6 +42,7 @@ EVENTS: Final[dict[str, str]] = {
     "handler_abandoned": "a handler ignored cancellation; its task is left behind",
     "worker_interrupted": "a kill or a lost lease cut the running tick short",
     "listener_probe_failed": "the LISTEN connection did not hear its own NOTIFY; reconnecting",
+    "health_listening": "the /healthz and /readyz endpoints are served",
     "worker_paused": "the pause flag is set; nothing is claimed",
     "worker_killed": "the kill flag is set; the worker exits",
     "worker_stopping": "a signal asked the worker to stop; draining",

@@ -27,6 +27,7 @@ BACKOFF_BASE_DEFAULT = 5.0
 BACKOFF_MAX_DEFAULT = 600.0
 SHUTDOWN_GRACE_DEFAULT = 15.0
 LISTEN_PROBE_INTERVAL_DEFAULT = 10.0
+HEALTH_HOST_DEFAULT = "127.0.0.1"
 LOG_FORMAT_DEFAULT = "json"
 LOG_FORMATS = ("json", "console")
 
@@ -66,6 +67,8 @@ class Settings:
     listen: bool = True
     listen_probe_interval: float = LISTEN_PROBE_INTERVAL_DEFAULT
     watchdog: bool = True
+    health_port: int | None = None
+    health_host: str = HEALTH_HOST_DEFAULT
 
     @property
     def claim_ttl(self) -> float:
@@ -115,6 +118,8 @@ _SOURCES: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "listen": ("AOL_LISTEN", lambda v: _parse_bool(v), "true or false"),
     "listen_probe_interval": ("AOL_LISTEN_PROBE_INTERVAL", float, "seconds, > 0"),
     "watchdog": ("AOL_WATCHDOG", lambda v: _parse_bool(v), "true or false"),
+    "health_port": ("AOL_HEALTH_PORT", int, "a TCP port from 0 to 65535"),
+    "health_host": ("AOL_HEALTH_HOST", str, "a host address such as 127.0.0.1"),
 }
 
 
@@ -191,6 +196,8 @@ def validate(settings: Settings) -> None:
         )
     if settings.action_timeout > settings.tick_timeout:
         raise bad("action_timeout", f"must not exceed the tick timeout ({settings.tick_timeout})")
+    if settings.health_port is not None and not 0 <= settings.health_port <= 65535:
+        raise bad("health_port", "expected a TCP port from 0 to 65535")
     if settings.log_format not in LOG_FORMATS:
         raise bad("log_format", "expected json or console")
     if not settings.owner:

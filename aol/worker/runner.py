@@ -26,6 +26,7 @@ from aol.model import TickOutcome
 from aol.settings import Settings
 from aol.worker import lease as lease_mod
 from aol.worker.dispatch import Interrupt, WorkerContext
+from aol.worker.health import HealthServer, Readiness
 from aol.worker.tick import TickReport, run_tick
 from aol.worker.watchdog import Watchdog
 
@@ -67,14 +68,26 @@ async def run_worker(
     guard: contextlib.AbstractAsyncContextManager[Any] = (
         Watchdog(settings.lease_ttl / 2) if settings.watchdog else contextlib.nullcontext()
     )
-    async with guard:
-        return await _hold_and_serve(settings, url, registry, stop, ticks)
+    readiness = Readiness(owner=settings.owner)
+    health: contextlib.AbstractAsyncContextManager[Any] = (
+        HealthServer(settings.health_host, settings.health_port, readiness)
+        if settings.health_port is not None
+        else contextlib.nullcontext()
+    )
+    async with guard, health:
+        return await _hold_and_serve(settings, url, registry, stop, ticks, readiness)
 
 
 async def _hold_and_serve(
-    settings: Settings, url: str, registry: Registry, stop: asyncio.Event, ticks: int | None
+    settings: Settings,
+    url: str,
+    registry: Registry,
+    stop: asyncio.Event,
+    ticks: int | None,
+    readiness: Readiness,
 ) -> int:
     while True:
+        readiness.role, readiness.epoch = ("standby" if settings.standby else "starting"), None
         try:
             lease = await _acquire(settings, url, stop)
         except _DATABASE_ERRORS as exc:
@@ -90,6 +103,7 @@ async def _hold_and_serve(
             log.info("worker_stopped", owner=settings.owner, epoch=None, exit_code=EXIT_OK)
             return EXIT_OK
         lease.start_heartbeat()
+        readiness.role, readiness.epoch = "holding", lease.epoch
         try:
             code = await _serve(settings, url, lease, registry, stop, ticks)
         except _DATABASE_ERRORS as exc:
@@ -100,6 +114,7 @@ async def _hold_and_serve(
             )
             code = EXIT_LEASE_LOST
         finally:
+            readiness.role = "lost"
             await lease.release()
         log.info("lease_summary", epoch=lease.epoch, refused_writes=lease.refused_writes)
         if code == EXIT_LEASE_LOST and settings.standby and not stop.is_set():

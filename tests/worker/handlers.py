@@ -191,3 +191,13 @@ async def wait_outcome(db: asyncpg.Pool[Any], outcome: str, *, timeout: float = 
         return outcome in await outcomes(db)
 
     await wait_for(probe, timeout=timeout, what=f"a ledger row with outcome {outcome!r}")
+
+
+async def lease_held(db: asyncpg.Pool[Any]) -> bool:
+    """Somebody holds the lease (acquired and not released)."""
+    return bool(
+        await db.fetchval(
+            "SELECT owner IS NOT NULL AND released_at IS NULL AND epoch > 0 "
+            "FROM aol.lease WHERE id = 1"
+        )
+    )
