@@ -132,6 +132,17 @@ def _parse_bool(value: str) -> bool:
     raise ValueError(value)
 
 
+def _read_secret(env: Mapping[str, str], var: str) -> str | None:
+    """A secret from a file named by `var` (Docker secrets), stripped of its newline."""
+    path = env.get(var)
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8").strip() or None
+    except OSError as exc:
+        raise ConfigError(f"{var} = {path!r} cannot be read: {exc.strerror}") from None
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -144,7 +155,12 @@ def load_settings(
     flags = {k: v for k, v in (flags or {}).items() if v is not None and v != ()}
     values: dict[str, Any] = {"data_dir": default_data_dir(env)}
 
-    url = flags.pop("database_url", None) or env.get("AOL_DATABASE_URL") or env.get("DATABASE_URL")
+    url = (
+        flags.pop("database_url", None)
+        or env.get("AOL_DATABASE_URL")
+        or _read_secret(env, "AOL_DATABASE_URL_FILE")
+        or env.get("DATABASE_URL")
+    )
     values["database_url"] = url or None
 
     for name, (var, parse, shape) in _SOURCES.items():

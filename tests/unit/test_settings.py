@@ -81,3 +81,16 @@ def test_an_environment_error_names_the_variable_first_and_the_flag_too() -> Non
     with pytest.raises(ConfigError) as caught:
         load_settings({}, env={"AOL_BATCH_SIZE": "many"})
     assert str(caught.value).startswith("AOL_BATCH_SIZE (or --batch-size) = 'many'")
+
+
+def test_the_database_url_may_come_from_a_secrets_file(tmp_path: Path) -> None:
+    secret = tmp_path / "database_url"
+    secret.write_text("postgresql://u:pw@db/aol\n")
+    s = load_settings({}, env={"AOL_DATABASE_URL_FILE": str(secret)})
+    assert s.database_url == "postgresql://u:pw@db/aol"
+    assert "pw" not in s.masked()["database_url"]
+
+
+def test_an_unreadable_secrets_file_is_named() -> None:
+    with pytest.raises(ConfigError, match="AOL_DATABASE_URL_FILE = '/nonexistent/x' cannot be"):
+        load_settings({}, env={"AOL_DATABASE_URL_FILE": "/nonexistent/x"})
