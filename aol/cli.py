@@ -25,7 +25,7 @@ from aol import roles as role_setup
 from aol.client import enqueue as enqueue_action
 from aol.db import store
 from aol.db.connect import ResolvedDatabase, connect, open_database
-from aol.db.migrate import head_revision, upgrade
+from aol.db.migrate import downgrade, head_revision, is_downgrade, upgrade
 from aol.errors import AolError, LeaseHeld
 from aol.settings import Settings, load_settings
 
@@ -120,13 +120,30 @@ def cli(ctx: click.Context, database_url: str | None, log_format: str | None) ->
 
 @cli.command()
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
+@click.option("--force", is_flag=True, help="Downgrade even though actions are stored.")
 @click.pass_context
-def migrate(ctx: click.Context, revision: str) -> None:
-    """Create or upgrade the aol schema (Alembic)."""
+def migrate(ctx: click.Context, revision: str, force: bool) -> None:
+    """Create or upgrade the aol schema (Alembic); a downgrade that would drop stored
+    actions is refused unless --force."""
     settings = _settings(ctx)
 
     async def go(db: ResolvedDatabase) -> None:
-        if db.embedded_root is None:
+        conn = await connect(db.url, application_name="aol-migrate")
+        try:
+            current = await store.read_schema_revision(conn)
+            down = is_downgrade(current, revision)
+            stored = sum((await store.count_by_status(conn)).values()) if down else 0
+        finally:
+            await conn.close()
+        if down and stored and not force:
+            raise AolError(
+                f"refusing to downgrade schema aol from {current} to {revision}: "
+                f"{stored} action(s) are stored and a downgrade may drop what they hold; "
+                "back them up, then run again with --force"
+            )
+        if down:
+            await downgrade(db.url, revision)
+        elif db.embedded_root is None or revision != "head":
             await upgrade(db.url, revision)
         click.echo(f"schema aol is at {revision if revision != 'head' else head_revision()}")
 

@@ -93,3 +93,20 @@ def check_revision(current: str | None) -> None:
     raise SchemaMismatch(
         f"the database schema is at revision {current} but this aol needs {head}; run `aol migrate`"
     )
+
+
+def is_downgrade(current: str | None, target: str) -> bool:
+    """Whether migrating from `current` to `target` goes down (and may drop data)."""
+    known = [rev.revision for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions()]
+    if target == "head" or current is None:
+        return False
+    if target == "base":
+        return True
+    if target not in known:
+        raise ConfigError(
+            f"--revision {target!r} is not a revision of this aol; use head, base or one of "
+            f"{', '.join(reversed(known))}"
+        )
+    if current not in known:
+        check_revision(current)  # names both revisions and the fix
+    return known.index(target) > known.index(current)

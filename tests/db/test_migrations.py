@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 from typing import Any
 
 import asyncpg
 import pytest
 
 from aol.db import store
-from aol.db.migrate import check_revision, downgrade, head_revision, upgrade
-from aol.errors import SchemaMismatch
+from aol.db.migrate import check_revision, downgrade, head_revision, is_downgrade, upgrade
+from aol.errors import ConfigError, SchemaMismatch
 
 CATALOGUE = """
 SELECT 'column' AS kind, table_name || '.' || column_name || ' ' || data_type || ' '
@@ -80,3 +83,41 @@ def test_an_unknown_newer_revision_is_refused_naming_both() -> None:
         check_revision("9999_future")
     assert "9999_future" in str(caught.value)
     assert head_revision() in str(caught.value)
+
+
+def test_downgrade_direction_is_known_for_every_revision() -> None:
+    assert is_downgrade("0005", "0004")
+    assert is_downgrade("0002", "base")
+    assert not is_downgrade("0004", "0005")
+    assert not is_downgrade("0005", "head")
+    assert not is_downgrade(None, "0003")
+    with pytest.raises(ConfigError, match="'nope' is not a revision"):
+        is_downgrade("0005", "nope")
+
+
+async def test_a_downgrade_that_would_drop_stored_actions_needs_force(
+    db_url: str, pool: asyncpg.Pool[Any]
+) -> None:
+    await pool.execute("SELECT aol.enqueue('T', '{}'::jsonb, 'keep-me')")
+    command = [sys.executable, "-m", "aol", "--database-url", db_url, "migrate"]
+    refused = await asyncio.to_thread(
+        subprocess.run,
+        [*command, "--revision", "base"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1
+    expected = f"refusing to downgrade schema aol from {head_revision()} to base: 1 action(s)"
+    assert expected in refused.stderr
+    assert await pool.fetchval("SELECT count(*) FROM aol.actions") == 1  # nothing dropped
+
+    forced = await asyncio.to_thread(
+        subprocess.run,
+        [*command, "--revision", "base", "--force"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert forced.returncode == 0, forced.stderr
+    assert await pool.fetchval("SELECT to_regnamespace('aol')") is None
