@@ -173,6 +173,11 @@ def migrate(ctx: click.Context, revision: str, force: bool) -> None:
 @click.option("--backoff-base", type=float, default=None, help="First retry delay, seconds (5).")
 @click.option("--shutdown-grace", type=float, default=None, help="Drain on SIGTERM, s (15).")
 @click.option("--owner", default=None, help="Lease owner name (host:pid).")
+@click.option("--backoff-max", type=float, default=None, help="Retry delay cap, s (600).")
+@click.option(
+    "--claim-grace", type=float, default=None, help="Claim validity past the tick timeout (10)."
+)
+@click.option("--data-dir", default=None, help="Folder for artifacts (AOL_DATA_DIR).")
 @click.option(
     "--health-port",
     type=int,
