@@ -205,8 +205,14 @@ async def record_outcomes(
     All writes are fenced by epoch and attempt; refused ones are logged and counted.
     """
     results: dict[int, AttemptResult] = {}
+    if not ctx.lease.held:
+        for o in outcomes:
+            outcome = "error" if o.error else "succeeded"
+            alog = o.alog or _bound(ctx, o.action, tick)
+            results[o.action.id] = _discard(ctx, alog, reason="lease lost", outcome=outcome)
+        return results
     successes = [o for o in outcomes if o.error is None]
-    if successes and ctx.lease.held:
+    if successes:
         refs = [_artifact(o) for o in successes]
         written = await store.finish_actions(
             ctx.pool,
@@ -226,25 +232,13 @@ async def record_outcomes(
                 alog.info("action_succeeded", duration_ms=round(o.duration_ms, 3), **extra)
                 results[o.action.id] = AttemptResult.SUCCEEDED
             else:
-                ctx.lease.refused_writes += 1
-                alog.warning(
-                    "action_result_discarded",
-                    outcome="succeeded",
-                    reason="claim no longer held at this epoch",
+                results[o.action.id] = _discard(
+                    ctx, alog, reason="claim no longer held at this epoch", outcome="succeeded"
                 )
-                results[o.action.id] = AttemptResult.DISCARDED
-        successes = []
     for o in outcomes:
-        if o.action.id not in results:
-            results[o.action.id] = await record_result(
-                ctx,
-                o.action,
-                tick=tick,
-                duration_ms=o.duration_ms,
-                error=o.error,
-                message=o.message,
-                hctx=o.hctx,
-                alog=o.alog,
+        if o.error is not None:
+            results[o.action.id] = await record_failure(
+                ctx, o.action, tick=tick, duration_ms=o.duration_ms, error=o.error, alog=o.alog
             )
     return results
 
@@ -257,26 +251,20 @@ def _artifact(outcome: Outcome) -> tuple[str | None, str | None]:
     return str(first.path), first.sha256
 
 
-async def record_result(
+async def record_failure(
     ctx: WorkerContext,
     action: Action,
     *,
     tick: int,
     duration_ms: float,
-    error: BaseException | None,
-    message: str | None = None,
-    hctx: HandlerContext | None = None,
+    error: BaseException,
     alog: Any = None,
 ) -> AttemptResult:
-    """Write the attempt's outcome under the claim's epoch, or discard it if fenced out."""
-    alog = alog or log.bind(
-        action_id=action.id,
-        action_type=action.action_type,
-        attempt=action.attempts,
-        epoch=ctx.lease.epoch,
-        tick=tick,
-    )
-    s = ctx.settings
+    """Write a failed attempt (retry or dead) under the claim's epoch, or discard it if
+    fenced out. Successes are written in batches by `record_outcomes`."""
+    alog = alog or _bound(ctx, action, tick)
+    if not ctx.lease.held:
+        return _discard(ctx, alog, reason="lease lost", outcome="error")
     common: dict[str, Any] = {
         "action_id": action.id,
         "epoch": ctx.lease.epoch,
@@ -284,55 +272,30 @@ async def record_result(
         "tick": tick,
         "duration_ms": round(duration_ms, 3),
     }
-    if not ctx.lease.held:
-        ctx.lease.refused_writes += 1
-        alog.warning(
-            "action_result_discarded",
-            reason="lease lost",
-            outcome="error" if error else "succeeded",
-        )
-        return AttemptResult.DISCARDED
-
-    if error is None:
-        artifact = hctx.artifacts[0] if hctx and hctx.artifacts else None
-        written = await store.finish_action(
-            ctx.pool,
-            **common,
-            message=message,
-            artifact_ref=str(artifact.path) if artifact else None,
-            artifact_sha256=artifact.sha256 if artifact else None,
-        )
-        result, event = AttemptResult.SUCCEEDED, "action_succeeded"
-        extra: dict[str, Any] = {}
-        if artifact:
-            extra = {"artifact_ref": str(artifact.path), "artifact_sha256": artifact.sha256}
+    text = describe(error)
+    extra: dict[str, Any] = {"error_type": type(error).__name__, "error": text}
+    verdict = policy.after_failure(
+        attempt=action.attempts,
+        max_attempts=action.max_attempts,
+        permanent=isinstance(error, PermanentError),
+    )
+    if verdict is AttemptResult.DEAD:
+        written = await store.dead_letter_action(ctx.pool, **common, error=text)
+        result, event, level = AttemptResult.DEAD, "action_dead", "error"
     else:
-        text = describe(error)
-        verdict = policy.after_failure(
-            attempt=action.attempts,
-            max_attempts=action.max_attempts,
-            permanent=isinstance(error, PermanentError),
-        )
-        if verdict is AttemptResult.DEAD:
-            written = await store.dead_letter_action(ctx.pool, **common, error=text)
-            result, event = AttemptResult.DEAD, "action_dead"
-            extra = {"error_type": type(error).__name__, "error": text}
-        else:
-            delay = policy.backoff_delay(action.attempts, base=s.backoff_base, cap=s.backoff_max)
-            written = await store.schedule_retry(ctx.pool, **common, delay=delay, error=text)
-            result, event = AttemptResult.RETRY, "action_retry_scheduled"
-            extra = {"error_type": type(error).__name__, "error": text, "retry_in_s": delay}
-
+        s = ctx.settings
+        delay = policy.backoff_delay(action.attempts, base=s.backoff_base, cap=s.backoff_max)
+        written = await store.schedule_retry(ctx.pool, **common, delay=delay, error=text)
+        result, event, level = AttemptResult.RETRY, "action_retry_scheduled", "warning"
+        extra["retry_in_s"] = delay
     if not written:
-        ctx.lease.refused_writes += 1
-        alog.warning(
-            "action_result_discarded",
-            reason="claim no longer held at this epoch",
-            outcome=str(result),
-        )
-        return AttemptResult.DISCARDED
-    level = "info" if result is AttemptResult.SUCCEEDED else "warning"
-    if result is AttemptResult.DEAD:
-        level = "error"
+        return _discard(ctx, alog, reason="claim no longer held at this epoch", outcome=str(result))
     getattr(alog, level)(event, duration_ms=round(duration_ms, 3), **extra)
     return result
+
+
+def _discard(ctx: WorkerContext, alog: Any, *, reason: str, outcome: str) -> AttemptResult:
+    """A result that may not be written: log it, count it, drop it."""
+    ctx.lease.refused_writes += 1
+    alog.warning("action_result_discarded", reason=reason, outcome=outcome)
+    return AttemptResult.DISCARDED

@@ -20,8 +20,8 @@ from aol.model import Action, AttemptResult, TickOutcome
 from aol.worker.dispatch import (
     Outcome,
     WorkerContext,
+    record_failure,
     record_outcomes,
-    record_result,
     run_batch,
 )
 
@@ -181,7 +181,7 @@ async def _fail_unfinished(
                         log.warning("action_cancelled", action_id=action.id, reason=reason)
                         results[action.id] = AttemptResult.CANCELLED
                         continue
-                results[action.id] = await record_result(
+                results[action.id] = await record_failure(
                     ctx, action, tick=tick, duration_ms=0.0, error=AttemptInterrupted(reason)
                 )
 
