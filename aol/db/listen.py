@@ -3,6 +3,12 @@
 It lives on a dedicated connection (a pooled one would be UNLISTENed on release).
 Notifications sent while it is disconnected are lost, so every reconnect sets the wake-up
 event: the worker then scans as if it had been notified.
+
+The same connection holds the wake-up lock while the worker sleeps (migration 0006):
+enqueuers notify only while it is held, so a busy worker does not make every committing
+enqueuer take the notification queue's lock. `enter_idle` takes it (waiting for enqueuers
+that skipped their notification to commit, so the worker's last look sees their rows);
+`leave_idle` lets it go when the worker wakes.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ RECONNECT_MAX = 5.0
 PROBE_PREFIX = "probe:"
 PROBE_TIMEOUT = 5.0
 FLAGS_PAYLOAD = "flags"
+# How long a worker going to sleep waits for enqueuers still in their transactions.
+IDLE_LOCK_WAIT = 0.2
 
 
 class Listener:
@@ -42,6 +50,8 @@ class Listener:
         self._closing = False
         self._reconnect: asyncio.Task[None] | None = None
         self.reconnects = 0
+        self._idle_on: asyncpg.Connection[Any] | None = None  # the connection holding it
+        self._leaving: asyncio.Task[None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -55,7 +65,49 @@ class Listener:
         conn = await connect(self.url, application_name=self.application_name)
         await conn.add_listener(self.channel, self._on_notify)
         conn.add_termination_listener(self._on_terminated)
+        await store.set_lock_timeout(conn, seconds=IDLE_LOCK_WAIT)
         self._conn = conn
+
+    async def enter_idle(self) -> bool:
+        """Take the wake-up lock before the worker's last look and its sleep.
+
+        True when the worker may sleep until notified: the lock is held, or the connection
+        is down (its reconnect wakes the worker anyway). False when enqueuers kept it
+        for longer than `IDLE_LOCK_WAIT` (a long transaction after an enqueue): they will
+        not notify, so the worker must look again soon instead of sleeping.
+        """
+        await self._settle_leave()
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            return True
+        if self._idle_on is conn:
+            return True
+        try:
+            await store.wait_advisory_lock(conn, key=store.IDLE_LOCK_KEY)
+        except asyncpg.LockNotAvailableError:
+            return False
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            return True  # the connection is going: its reconnect wakes the worker
+        self._idle_on = conn
+        return True
+
+    def leave_idle(self) -> None:
+        """Release the wake-up lock, beside the tick that follows (not before it)."""
+        conn, self._idle_on = self._idle_on, None
+        if conn is None or conn.is_closed():
+            return
+        self._leaving = asyncio.get_running_loop().create_task(
+            self._unlock(conn), name="aol-listen-leave-idle"
+        )
+
+    async def _unlock(self, conn: asyncpg.Connection[Any]) -> None:
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            await store.advisory_unlock(conn, key=store.IDLE_LOCK_KEY)
+
+    async def _settle_leave(self) -> None:
+        if self._leaving is not None:
+            leaving, self._leaving = self._leaving, None
+            await leaving
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         text = str(payload)
@@ -103,6 +155,7 @@ class Listener:
             return
         log.warning("listener_lost", channel=self.channel)
         self._conn = None
+        self._idle_on = None  # its session, and so the lock, is gone
         if self._reconnect is None or self._reconnect.done():
             self._reconnect = asyncio.get_running_loop().create_task(
                 self._reconnect_loop(), name="aol-listen-reconnect"
@@ -125,6 +178,8 @@ class Listener:
 
     async def close(self) -> None:
         self._closing = True
+        with contextlib.suppress(Exception):
+            await self._settle_leave()
         if self._reconnect is not None:
             self._reconnect.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -146,6 +201,12 @@ class Quiet:
 
     async def start(self) -> None:
         log.info("listener_started", channel=None, mode="poll-only")
+
+    async def enter_idle(self) -> bool:
+        return True  # nothing is notified without a listener: the worker polls
+
+    def leave_idle(self) -> None:
+        return None
 
     async def probe_forever(self, db: store.Executor, *, interval: float) -> None:
         return None

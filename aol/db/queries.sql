@@ -24,11 +24,13 @@ SELECT ordinality, id
                         $5::integer[], $6::integer[]);
 
 -- name: try_advisory_lock
--- The lease lock: session-level, on the worker's dedicated lock connection only.
+-- Session-level, on a dedicated connection only: the lease lock (lock connection) or the
+-- wake-up lock (LISTEN connection). $1 the key
 SELECT pg_try_advisory_lock($1);
 
 -- name: wait_advisory_lock
--- Standby: block until the holder's session ends, then hold it.
+-- Block until the lock is free, then hold it (bounded by the session's lock_timeout):
+-- a standby waiting for the lease, a worker going to sleep waiting for enqueuers. $1 the key
 SELECT pg_advisory_lock($1);
 
 -- name: advisory_unlock

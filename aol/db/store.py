@@ -29,6 +29,9 @@ from aol.model import (
 
 # The one advisory lock key of the lease (per database; locks are scoped to a database).
 LEASE_LOCK_KEY = 0x616F6C6C65617365  # "aollease"
+# Held exclusively by a sleeping worker on its LISTEN connection; the insert trigger
+# notifies only when it cannot take it shared (migration 0006 holds the same number).
+IDLE_LOCK_KEY = 0x616F6C69646C6500  # "aolidle"
 WAKEUP_CHANNEL = "aol_wakeup"
 
 
@@ -126,16 +129,16 @@ async def enqueue_actions(
 # --- lease ----------------------------------------------------------------------------
 
 
-async def try_advisory_lock(conn: Executor) -> bool:
-    return bool(await conn.fetchval(q("try_advisory_lock"), LEASE_LOCK_KEY))
+async def try_advisory_lock(conn: Executor, *, key: int = LEASE_LOCK_KEY) -> bool:
+    return bool(await conn.fetchval(q("try_advisory_lock"), key))
 
 
-async def wait_advisory_lock(conn: Executor) -> None:
-    await conn.execute(q("wait_advisory_lock"), LEASE_LOCK_KEY)
+async def wait_advisory_lock(conn: Executor, *, key: int = LEASE_LOCK_KEY) -> None:
+    await conn.execute(q("wait_advisory_lock"), key)
 
 
-async def advisory_unlock(conn: Executor) -> bool:
-    return bool(await conn.fetchval(q("advisory_unlock"), LEASE_LOCK_KEY))
+async def advisory_unlock(conn: Executor, *, key: int = LEASE_LOCK_KEY) -> bool:
+    return bool(await conn.fetchval(q("advisory_unlock"), key))
 
 
 async def acquire_lease(conn: Executor, *, owner: str, ttl: float) -> Epoch:

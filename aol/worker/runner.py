@@ -205,13 +205,14 @@ async def _loop(
             continue
         if report.claimed >= settings.batch_size and report.outcome is TickOutcome.OK:
             continue  # a full batch: more work is probably waiting
-        delay = await _idle_delay(ctx, report, rechecked=rechecked)
+        delay = await _go_idle(ctx, listener, report, rechecked, stop)
         # An action that fell due between the claim and the look at the clock gets one
         # immediate tick; a second empty one in a row means the due rows are locked
         # elsewhere, and the worker backs off instead of spinning.
         rechecked = delay == 0 and report.claimed == 0
         if delay > 0:
             await _sleep(delay, listener.wake, stop, lease.lost)
+        listener.leave_idle()
     if stop.is_set():
         log.info("worker_stopping", owner=lease.owner, epoch=lease.epoch)
     return EXIT_OK if lease.held else EXIT_LEASE_LOST
@@ -290,6 +291,28 @@ async def _interrupt(
     with contextlib.suppress(asyncio.CancelledError):
         await task
     return TickReport(tick=0, outcome=why.outcome, error=why.reason)
+
+
+async def _go_idle(
+    ctx: WorkerContext,
+    listener: Listener | Quiet,
+    report: TickReport,
+    rechecked: bool,
+    stop: asyncio.Event,
+) -> float:
+    """How long to sleep, decided after taking the wake-up lock (so that every enqueuer
+    that did not notify has committed, and the last look sees its rows). A paused or
+    failing worker sleeps without the lock: enqueuers need not wake it."""
+    if report.outcome not in (TickOutcome.OK, TickOutcome.IDLE):
+        return await _idle_delay(ctx, report, rechecked=rechecked)
+    while True:
+        idle = await listener.enter_idle()
+        delay = await _idle_delay(ctx, report, rechecked=rechecked)
+        if idle or delay == 0 or listener.wake.is_set() or stop.is_set() or not ctx.lease.held:
+            return delay
+        # An enqueuer is still in its transaction and will not notify: look again. (Also
+        # the case while a frozen former holder's LISTEN session keeps the lock; enqueuers
+        # then notify everyone, and the wake-up event ends this loop.)
 
 
 async def _idle_delay(ctx: WorkerContext, report: TickReport, *, rechecked: bool) -> float:

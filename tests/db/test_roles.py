@@ -348,6 +348,7 @@ async def test_no_notification_carries_action_content(
     listener = await asyncpg.connect(asyncpg_dsn(db_url))
     got: list[str] = []
     await listener.add_listener(store.WAKEUP_CHANNEL, lambda *args: got.append(str(args[3])))
+    assert await store.try_advisory_lock(listener, key=store.IDLE_LOCK_KEY)  # a sleeping worker
     try:
         async with as_role(db_url, roles["enqueuer"]) as conn:
             await store.enqueue_action(

@@ -152,6 +152,7 @@ async def test_a_deaf_listener_is_found_by_its_probe_and_reconnected(
         await wait_for(lambda: _reconnected(listener), timeout=5, what="a reconnect")
         assert listener.wake.is_set()  # a full scan follows a reconnect
         listener.wake.clear()
+        assert await listener.enter_idle()  # asleep on the new connection: enqueuers notify
         await enqueue(pool, h.OK, {}, idempotency_key="heard")
         await asyncio.wait_for(listener.wake.wait(), timeout=2)
     finally:
