@@ -138,19 +138,22 @@ def targets(records: list[Record]) -> list[dict[str, Any]]:
     if c:
         levels = c["metrics"]["levels"]
         top = max(lv["clients"] for lv in levels)
-        on = next((lv for lv in levels if lv["clients"] == top and lv["mode"] == "trigger"), None)
-        off = next(
-            (lv for lv in levels if lv["clients"] == top and lv["mode"] == "no trigger"), None
-        )
-        if on and off:
-            ratio = _ratio(on["commits_per_s"], off["commits_per_s"])
-            add(
-                f"single-row enqueue at {top} clients ≥ 80% of the no-trigger insert",
-                f"with NOTIFY trigger {_fmt(on['commits_per_s'])} commits/s",
-                f"trigger disabled {_fmt(off['commits_per_s'])} commits/s",
-                ratio,
-                bool(ratio is not None and ratio >= 0.8),
-            )
+        at = {lv["mode"]: lv for lv in levels if lv["clients"] == top}
+        # The target's case: a real worker draining beside the clients, trigger on and off
+        # (both pay for the worker). Older runs had one "trigger" mode, every commit notifying.
+        pairs = [("trigger, real worker", "no trigger, real worker"), ("trigger", "no trigger")]
+        for on_mode, off_mode in pairs:
+            on, off = at.get(on_mode), at.get(off_mode)
+            if on and off:
+                ratio = _ratio(on["commits_per_s"], off["commits_per_s"])
+                add(
+                    f"single-row enqueue at {top} clients ≥ 80% of the no-trigger insert",
+                    f"{on_mode}: {_fmt(on['commits_per_s'])} commits/s",
+                    f"{off_mode}: {_fmt(off['commits_per_s'])} commits/s",
+                    ratio,
+                    bool(ratio is not None and ratio >= 0.8),
+                )
+                break
     b = back.get("aol")
     if b:
         levels = b["metrics"]["levels"]
@@ -298,7 +301,9 @@ def render(records: list[Record], elapsed: float | None = None) -> str:
                         if lv
                         else "–"
                     )
-                label = "on" if mode == "trigger" else "off (ALTER TABLE … DISABLE TRIGGER)"
+                label = {"trigger": "on", "no trigger": "off (ALTER TABLE … DISABLE TRIGGER)"}.get(
+                    mode, mode
+                )
                 lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
         lines.append("")
 

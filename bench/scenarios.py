@@ -12,8 +12,10 @@ Timing rules, the same for every system:
   handler's start time (time.time() in the worker) minus the client's time.time() taken right
   after the enqueue's commit returned. Both clocks are this machine's clock.
 * concurrent-enqueue: C client connections (one asyncio process) enqueue single jobs, each
-  in its own transaction, for a fixed time; no worker runs, but one session LISTENs on the
-  system's channel as a worker would.
+  in its own transaction, for a fixed time; one session LISTENs on the system's channel as a
+  worker would. aol is measured in several cases, since its enqueuers notify only while a
+  worker sleeps: a listener that sleeps throughout (every commit notifies), one that works
+  throughout (none does), a real worker draining beside the clients, and the trigger off.
 * backlog (aol only): claim + complete rate of the real worker over R runnable actions, with
   F finished actions (and their log rows) already in the table.
 """
@@ -34,6 +36,7 @@ from typing import Any
 import asyncpg
 import psutil  # type: ignore[import-untyped]
 
+from aol.db.store import IDLE_LOCK_KEY
 from bench import db
 from bench.config import Config, Run
 from bench.proc import Worker
@@ -338,6 +341,19 @@ async def _enqueue_for(
     }
 
 
+# aol's modes: (label, trigger on, the harness's listener holds the wake-up lock, a real
+# worker runs). Since migration 0006 enqueuers notify only while a worker sleeps, so the
+# figure depends on what the worker does; each case is measured.
+AOL_MODES = [
+    ("trigger, worker asleep", True, True, False),
+    ("trigger, worker at work", True, False, False),
+    ("trigger, real worker", True, False, True),
+    ("no trigger, real worker", False, False, True),
+    ("no trigger", False, False, False),
+]
+OTHER_MODES = [("trigger", True, False, False)]
+
+
 async def concurrent_enqueue(system: System, cfg: Config, run: Run, say: Say) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     async with db.fresh_database(cfg.database_url, system.name, "concurrent") as url:
@@ -350,32 +366,52 @@ async def concurrent_enqueue(system: System, cfg: Config, run: Run, say: Say) ->
             heard[0] += 1
 
         await listener.add_listener(CHANNELS[system.name], on_notify)
-        modes = [("trigger", True)] + ([("no trigger", False)] if isinstance(system, Aol) else [])
+        modes = AOL_MODES if isinstance(system, Aol) else OTHER_MODES
         try:
-            for mode, trigger in modes:
+            for mode, trigger, asleep, real_worker in modes:
                 if not trigger:
                     await conn.execute(
                         "ALTER TABLE aol.actions DISABLE TRIGGER actions_notify_insert"
                     )
+                if asleep:
+                    await listener.execute("SELECT pg_advisory_lock($1)", IDLE_LOCK_KEY)
                 try:
                     for clients in cfg.concurrent_clients:
                         await conn.execute(TRUNCATE[system.name])
                         await conn.execute("CHECKPOINT")
                         heard[0] = 0
-                        tag = f"{mode.replace(' ', '')}{clients}"
-                        res = await _enqueue_for(system, url, clients, cfg.concurrent_seconds, tag)
-                        await asyncio.sleep(0.05)
+                        tag = f"{mode.replace(' ', '').replace(',', '')}{clients}"
+                        worker = None
+                        if real_worker:
+                            worker, _ = _worker(system, url, run, f"concurrent-{tag}", False)
+                            await worker.start()
+                            worker.go()
+                            await asyncio.sleep(1.0)  # listening, asleep on an empty queue
+                        try:
+                            res = await _enqueue_for(
+                                system, url, clients, cfg.concurrent_seconds, tag
+                            )
+                            await asyncio.sleep(0.05)
+                        finally:
+                            if worker is not None:
+                                res_code = await worker.stop()
                         res["mode"] = mode
                         res["notifications_heard"] = heard[0]
+                        if worker is not None:
+                            res["worker_exit_code"] = res_code
+                            res["worker_peak_rss_mb"] = worker.peak_rss_mb
                         results.append(res)
                         say(
                             f"  {system.name} [{mode}] {clients:>2} clients: "
                             f"{res['commits_per_s']:>8,.0f} commits/s "
                             f"(commit p50 {res['commit']['p50_ms']:.2f} ms, "
                             f"p99 {res['commit']['p99_ms']:.2f} ms, "
-                            f"client CPU {res['client_process_cpu_pct']:.0f}%)"
+                            f"client CPU {res['client_process_cpu_pct']:.0f}%, "
+                            f"notifications {heard[0]:,})"
                         )
                 finally:
+                    if asleep:
+                        await listener.execute("SELECT pg_advisory_unlock($1)", IDLE_LOCK_KEY)
                     if not trigger:
                         await conn.execute(
                             "ALTER TABLE aol.actions ENABLE TRIGGER actions_notify_insert"
