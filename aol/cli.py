@@ -179,6 +179,12 @@ def migrate(ctx: click.Context, revision: str, force: bool) -> None:
 )
 @click.option("--data-dir", default=None, help="Folder for artifacts (AOL_DATA_DIR).")
 @click.option(
+    "--success-log",
+    type=click.Choice(["each", "tick"]),
+    default=None,
+    help="A JSON line per success (each), or one per tick listing the ids (tick).",
+)
+@click.option(
     "--health-port",
     type=int,
     default=None,

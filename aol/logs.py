@@ -32,6 +32,7 @@ EVENTS: Final[dict[str, str]] = {
     "tick_timeout": "a tick overran its timeout",
     "tick_failed": "a tick raised an unexpected error",
     "action_succeeded": "an attempt succeeded",
+    "actions_succeeded": "a tick's successes in one line (--success-log tick): their ids",
     "action_retry_scheduled": "an attempt failed and will be retried",
     "action_dead": "an action was dead-lettered",
     "action_cancelled": "a kill with kill_cancels cut an attempt short; the action is cancelled",

@@ -30,6 +30,10 @@ LISTEN_PROBE_INTERVAL_DEFAULT = 10.0
 HEALTH_HOST_DEFAULT = "127.0.0.1"
 LOG_FORMAT_DEFAULT = "json"
 LOG_FORMATS = ("json", "console")
+# One JSON line per successful attempt, or one per tick listing the tick's succeeded ids
+# (failures, retries, deaths and discards are always logged one by one).
+SUCCESS_LOG_DEFAULT = "each"
+SUCCESS_LOGS = ("each", "tick")
 
 
 def default_owner() -> str:
@@ -62,6 +66,7 @@ class Settings:
     backoff_max: float = BACKOFF_MAX_DEFAULT
     shutdown_grace: float = SHUTDOWN_GRACE_DEFAULT
     log_format: str = LOG_FORMAT_DEFAULT
+    success_log: str = SUCCESS_LOG_DEFAULT
     handlers: tuple[str, ...] = ()
     standby: bool = False
     listen: bool = True
@@ -109,6 +114,7 @@ _SOURCES: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "backoff_max": ("AOL_BACKOFF_MAX", float, "seconds, >= 0"),
     "shutdown_grace": ("AOL_SHUTDOWN_GRACE", float, "seconds, >= 0"),
     "log_format": ("AOL_LOG_FORMAT", str, "json or console"),
+    "success_log": ("AOL_SUCCESS_LOG", str, "each or tick"),
     "handlers": (
         "AOL_HANDLERS",
         lambda v: tuple(m.strip() for m in v.split(",") if m.strip()),
@@ -216,5 +222,7 @@ def validate(settings: Settings) -> None:
         raise bad("health_port", "expected a TCP port from 0 to 65535")
     if settings.log_format not in LOG_FORMATS:
         raise bad("log_format", "expected json or console")
+    if settings.success_log not in SUCCESS_LOGS:
+        raise bad("success_log", "expected each or tick")
     if not settings.owner:
         raise bad("owner", "must not be empty")

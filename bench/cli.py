@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--aol-batch-size", type=int, default=None, help="aol --batch-size for the run (1000)"
     )
     run.add_argument(
+        "--aol-success-log",
+        choices=["each", "tick"],
+        default=None,
+        help="aol --success-log for the run (tick)",
+    )
+    run.add_argument(
         "--pgqueuer-batch-size", type=int, default=None, help="pgq run --batch-size (100)"
     )
     run.add_argument(
@@ -196,6 +202,7 @@ def config_from(args: argparse.Namespace) -> Config:
         "backlog_max_seconds": args.backlog_seconds,
         "backlog_passes": args.backlog_passes,
         "aol_batch_size": args.aol_batch_size,
+        "aol_success_log": args.aol_success_log,
         "pgqueuer_batch_size": args.pgqueuer_batch_size,
         "procrastinate_concurrency": args.procrastinate_concurrency,
     }
@@ -212,7 +219,11 @@ def for_scenario(system: System, scenario: str, cfg: Config) -> System:
 
 def make_system(name: str, cfg: Config) -> System:
     if name == "aol":
-        return Aol(batch_size=cfg.aol_batch_size, scan_interval=cfg.aol_scan_interval)
+        return Aol(
+            batch_size=cfg.aol_batch_size,
+            scan_interval=cfg.aol_scan_interval,
+            success_log=cfg.aol_success_log,
+        )
     if name == "pgqueuer":
         return PgQueuer(batch_size=cfg.pgqueuer_batch_size)
     return Procrastinate(concurrency=cfg.procrastinate_concurrency)

@@ -147,6 +147,7 @@ class AolEnqueuer:
 class Aol:
     batch_size: int = 1000
     scan_interval: float = 1.0
+    success_log: str = "tick"
     name: str = "aol"
 
     @property
@@ -158,12 +159,17 @@ class Aol:
     def settings(self) -> dict[str, str]:
         return {
             "command": f"aol run --handlers bench.noop --batch-size {self.batch_size} "
-            f"--scan-interval {self.scan_interval:g}",
+            f"--scan-interval {self.scan_interval:g} --success-log {self.success_log}",
             "batch_size": str(self.batch_size),
             "pool": _aol_pool(self.batch_size),
             "wake-up": "LISTEN/NOTIFY (statement-level trigger)",
             "audit": "execution log row per attempt + tick ledger row per tick (on)",
-            "logs": "JSON lines on stdout (to a file)",
+            "logs": "JSON lines on stdout (to a file): "
+            + (
+                "one per tick for its successes (ids listed), one per failed attempt"
+                if self.success_log == "tick"
+                else "one per attempt"
+            ),
             "event loop": "asyncio",
         }
 
@@ -195,6 +201,8 @@ class Aol:
             str(self.batch_size),
             "--scan-interval",
             f"{self.scan_interval:g}",
+            "--success-log",
+            self.success_log,
         ]
 
     def worker_env(self, url: str) -> dict[str, str]:

@@ -95,6 +95,24 @@ def _bound(ctx: WorkerContext, action: Action, tick: int) -> Any:
     )
 
 
+class _LazyLog:
+    """An attempt's logger, bound on first use: most attempts of a busy worker log nothing
+    of their own (with `success_log=tick`), and binding is a good part of their cost."""
+
+    __slots__ = ("_action", "_bound", "_ctx", "_tick")
+
+    def __init__(self, ctx: WorkerContext, action: Action, tick: int) -> None:
+        self._ctx = ctx
+        self._action = action
+        self._tick = tick
+        self._bound: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._bound is None:
+            self._bound = _bound(self._ctx, self._action, self._tick)
+        return getattr(self._bound, name)
+
+
 async def run_batch(
     ctx: WorkerContext,
     actions: list[Action],
@@ -117,7 +135,7 @@ async def run_batch(
     tasks: dict[asyncio.Task[str | None], Outcome] = {}
     state = {"deadline_passed": False}
     for action in actions:
-        alog = _bound(ctx, action, tick)
+        alog = _LazyLog(ctx, action, tick)
         hctx = HandlerContext(action=action, proof=proof, log=alog, data_dir=ctx.data_dir)
         pending = Outcome(action=action, duration_ms=0.0, hctx=hctx, alog=alog)
         try:
@@ -225,16 +243,26 @@ async def record_outcomes(
             artifact_refs=[r[0] for r in refs],
             artifact_sha256s=[r[1] for r in refs],
         )
+        each = ctx.settings.success_log == "each"
         for o, (ref, sha) in zip(successes, refs, strict=True):
             alog = o.alog or _bound(ctx, o.action, tick)
             if o.action.id in written:
-                extra = {"artifact_ref": ref, "artifact_sha256": sha} if ref else {}
-                alog.info("action_succeeded", duration_ms=round(o.duration_ms, 3), **extra)
+                if each or ref:  # an artifact is always worth its own line
+                    extra = {"artifact_ref": ref, "artifact_sha256": sha} if ref else {}
+                    alog.info("action_succeeded", duration_ms=round(o.duration_ms, 3), **extra)
                 results[o.action.id] = AttemptResult.SUCCEEDED
             else:
                 results[o.action.id] = _discard(
                     ctx, alog, reason="claim no longer held at this epoch", outcome="succeeded"
                 )
+        if not each and written:
+            log.info(
+                "actions_succeeded",
+                tick=tick,
+                epoch=ctx.lease.epoch,
+                count=len(written),
+                action_ids=sorted(written),
+            )
     for o in outcomes:
         if o.error is not None:
             results[o.action.id] = await record_failure(

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import structlog.testing
 
 from aol import client
 from aol.db import store
@@ -480,3 +481,46 @@ async def test_ticks_mode_picks_up_a_due_retry_in_the_next_tick(
     assert await ledger_counts(pool) == [("ok", 1, 0, 1, 0), ("ok", 1, 1, 0, 0)]
     row = await h.action(pool, action_id)
     assert (row["status"], row["attempts"]) == ("succeeded", 2)
+
+
+# --- log lines ---------------------------------------------------------------------------
+
+
+async def test_success_log_tick_writes_one_line_per_tick_and_still_one_per_failure(
+    settings: Settings, db_url: str, pool: asyncpg.Pool[Any]
+) -> None:
+    ok_ids = [await insert_action(pool, action_type=h.OK) for _ in range(3)]
+    bad = await insert_action(pool, action_type=h.FAIL, max_attempts=1)
+
+    with structlog.testing.capture_logs() as lines:
+        code = await run_worker(
+            settings.with_(batch_size=10, success_log="tick"),
+            db_url,
+            ticks=1,
+            registry=h.registry(),
+        )
+
+    assert code == EXIT_OK
+    events = [line["event"] for line in lines]
+    assert "action_succeeded" not in events
+    [summary] = [line for line in lines if line["event"] == "actions_succeeded"]
+    assert (summary["count"], summary["action_ids"], summary["tick"]) == (3, sorted(ok_ids), 1)
+    [dead] = [line for line in lines if line["event"] == "action_dead"]
+    assert dead["action_id"] == bad
+    # The execution log keeps a row per attempt whatever the log lines say.
+    for action_id in ok_ids:
+        assert await h.events(pool, action_id) == ["action_succeeded"]
+
+
+async def test_success_log_each_writes_a_line_per_success(
+    settings: Settings, db_url: str, pool: asyncpg.Pool[Any]
+) -> None:
+    ok_ids = [await insert_action(pool, action_type=h.OK) for _ in range(3)]
+
+    with structlog.testing.capture_logs() as lines:
+        await run_worker(settings.with_(batch_size=10), db_url, ticks=1, registry=h.registry())
+
+    done = [line for line in lines if line["event"] == "action_succeeded"]
+    assert sorted(line["action_id"] for line in done) == sorted(ok_ids)
+    assert all(line["attempt"] == 1 and line["tick"] == 1 for line in done)
+    assert "actions_succeeded" not in [line["event"] for line in lines]
