@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -39,11 +40,18 @@ class Registry:
                 f"action type {action_type!r} is not valid: use letters, digits and _.:- "
                 "(at most 128 characters), starting with a letter"
             )
+        if not (
+            inspect.iscoroutinefunction(fn)
+            or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
+        ):
+            raise ConfigError(
+                f"the handler for {action_type!r} ({_name(fn)}) is not an async function: "
+                "define it with `async def`"
+            )
         existing = self._handlers.get(action_type)
         if existing is not None and existing is not fn and not replace:
             raise ConfigError(
-                f"action type {action_type!r} already has a handler "
-                f"({existing.__module__}.{existing.__qualname__})"
+                f"action type {action_type!r} already has a handler ({_name(existing)})"
             )
         self._handlers[action_type] = fn
         if isolated:
@@ -103,3 +111,9 @@ def load_modules(modules: Iterable[str]) -> None:
                 f"--handlers {name!r} cannot be imported: {exc}; "
                 "check the module name and that it is on PYTHONPATH"
             ) from exc
+
+
+def _name(fn: object) -> str:
+    module = getattr(fn, "__module__", "?")
+    qualname = getattr(fn, "__qualname__", type(fn).__qualname__)
+    return f"{module}.{qualname}"

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aol import policy
 from aol.actions.context import HandlerContext
@@ -30,6 +31,7 @@ ERROR_MAX_CHARS = 2000
 CANCEL_GRACE = 0.5
 # Handlers that ignored cancellation: kept referenced so they are not garbage-collected mid-run.
 _abandoned: set[asyncio.Task[Any]] = set()
+_Call = Coroutine[Any, Any, str | None]
 
 
 def abandoned_handlers() -> int:
@@ -49,9 +51,11 @@ class Interrupt:
 
 @dataclass(slots=True)
 class Housekeeping:
-    """When the next tick looks for expired claims (monotonic clock)."""
+    """When the next tick looks for expired claims (monotonic clock), and the previous
+    tick's results while they are still being written (see `tick.run_tick`)."""
 
     next_rescue: float = 0.0
+    writing: asyncio.Task[None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +136,7 @@ async def run_batch(
     """
     timeout = ctx.settings.action_timeout
     started = time.monotonic()
+    loop = asyncio.get_running_loop()
     tasks: dict[asyncio.Task[str | None], Outcome] = {}
     state = {"deadline_passed": False}
     for action in actions:
@@ -145,8 +150,14 @@ async def run_batch(
             outcomes[action.id] = pending
             continue
         pending.isolated = ctx.registry.is_isolated(action.action_type)
-        call = run_isolated(fn, hctx, timeout=timeout) if pending.isolated else fn(hctx)
-        task: asyncio.Task[str | None] = asyncio.ensure_future(call)
+        try:
+            call = run_isolated(fn, hctx, timeout=timeout) if pending.isolated else fn(hctx)
+            # Registration admits only async functions, so `call` is a coroutine.
+            task: asyncio.Task[str | None] = loop.create_task(cast(_Call, call))
+        except Exception as exc:  # defensive: one broken handler fails its own attempt
+            pending.error = exc
+            outcomes[action.id] = pending
+            continue
         tasks[task] = pending
         task.add_done_callback(
             functools.partial(
@@ -307,15 +318,21 @@ async def record_failure(
         max_attempts=action.max_attempts,
         permanent=isinstance(error, PermanentError),
     )
-    if verdict is AttemptResult.DEAD:
-        written = await store.dead_letter_action(ctx.pool, **common, error=text)
-        result, event, level = AttemptResult.DEAD, "action_dead", "error"
-    else:
-        s = ctx.settings
-        delay = policy.backoff_delay(action.attempts, base=s.backoff_base, cap=s.backoff_max)
-        written = await store.schedule_retry(ctx.pool, **common, delay=delay, error=text)
-        result, event, level = AttemptResult.RETRY, "action_retry_scheduled", "warning"
-        extra["retry_in_s"] = delay
+    result = AttemptResult.DEAD if verdict is AttemptResult.DEAD else AttemptResult.RETRY
+    try:
+        if result is AttemptResult.DEAD:
+            written = await store.dead_letter_action(ctx.pool, **common, error=text)
+            event, level = "action_dead", "error"
+        else:
+            s = ctx.settings
+            delay = policy.backoff_delay(action.attempts, base=s.backoff_base, cap=s.backoff_max)
+            written = await store.schedule_retry(ctx.pool, **common, delay=delay, error=text)
+            event, level = "action_retry_scheduled", "warning"
+            extra["retry_in_s"] = delay
+    except asyncio.CancelledError:
+        if not ctx.lease.held:  # cut short because the lease was lost: fenced out anyway
+            _discard(ctx, alog, reason="lease lost while writing", outcome=str(result))
+        raise
     if not written:
         return _discard(ctx, alog, reason="claim no longer held at this epoch", outcome=str(result))
     getattr(alog, level)(event, duration_ms=round(duration_ms, 3), **extra)

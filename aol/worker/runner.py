@@ -27,7 +27,7 @@ from aol.settings import Settings
 from aol.worker import lease as lease_mod
 from aol.worker.dispatch import Interrupt, WorkerContext
 from aol.worker.health import HealthServer, Readiness
-from aol.worker.tick import TickReport, run_tick
+from aol.worker.tick import TickReport, run_tick, settle_writes
 from aol.worker.watchdog import Watchdog
 
 log = get_logger("aol.worker")
@@ -185,6 +185,16 @@ async def _serve(
 
 
 async def _loop(
+    ctx: WorkerContext, listener: Listener | Quiet, stop: asyncio.Event, ticks: int | None
+) -> int:
+    try:
+        return await _ticks(ctx, listener, stop, ticks)
+    finally:
+        with contextlib.suppress(Exception):  # the last tick's results, if still in flight
+            await asyncio.wait_for(settle_writes(ctx), timeout=ctx.settings.tick_timeout)
+
+
+async def _ticks(
     ctx: WorkerContext, listener: Listener | Quiet, stop: asyncio.Event, ticks: int | None
 ) -> int:
     settings, lease = ctx.settings, ctx.lease

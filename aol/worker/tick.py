@@ -3,6 +3,13 @@
 A tick runs under `asyncio.timeout(tick_timeout)`. Actions whose attempt was cut short by
 the tick timeout (or by shutdown) are recorded as failed attempts, so nothing is left in
 `running` by a live worker.
+
+Write-behind: a tick that claimed a full batch (more work is probably waiting) hands the
+writing of its results and ledger row to a task and returns; the next tick claims while
+that write runs, and waits for it before running its own handlers. So at most one tick's
+results are in flight, ledger rows stay in tick order, and the claim's round trip hides
+behind the previous write instead of following it. Results are fenced as always; whoever
+ends the loop waits for the last write (`settle_writes`).
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ class TickReport:
     rescued: int = 0
     duration_ms: float = 0.0
     error: str | None = None
+    # True when the results are still being written (write-behind): the counts above are
+    # then only the claim's, and the ledger row follows.
+    deferred: bool = False
 
 
 async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
@@ -76,7 +86,16 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
                     limit=ctx.settings.batch_size,
                     claim_ttl=ctx.settings.claim_ttl,
                 )
+                await settle_writes(ctx)
                 await run_batch(ctx, claimed, proof=flags.proof_mode, tick=tick, outcomes=outcomes)
+                if len(claimed) >= ctx.settings.batch_size and ctx.lease.held:
+                    ctx.housekeeping.writing = asyncio.get_running_loop().create_task(
+                        _write_behind(ctx, tick, claimed, outcomes, rescued, started),
+                        name=f"aol-tick-{tick}-write",
+                    )
+                    return TickReport(
+                        tick=tick, outcome=TickOutcome.OK, claimed=len(claimed), deferred=True
+                    )
                 results.update(await record_outcomes(ctx, list(outcomes.values()), tick=tick))
                 outcome = policy.tick_outcome(claimed=len(claimed), timed_out=False, failed=False)
     except TimeoutError:
@@ -90,6 +109,8 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
         await _fail_unfinished(
             ctx, claimed, outcomes, results, tick, stop.reason, cancel=stop.cancel_actions
         )
+        with contextlib.suppress(Exception):
+            await settle_writes(ctx)
         await _record(
             ctx, _report(tick, stop.outcome, claimed, results, rescued, started, stop.reason)
         )
@@ -109,8 +130,49 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
         outcome = policy.tick_outcome(claimed=len(claimed), timed_out=timed_out, failed=failed)
 
     report = _report(tick, outcome, claimed, results, rescued, started, error)
+    with contextlib.suppress(Exception):
+        await settle_writes(ctx)  # the previous tick's row first (paused, killed, failed ticks)
     await _record(ctx, report)
     return report
+
+
+async def settle_writes(ctx: WorkerContext) -> None:
+    """Wait for the previous tick's write-behind, if any (it is never cancelled from here:
+    results of attempts that ran must be written)."""
+    writing = ctx.housekeeping.writing
+    if writing is None:
+        return
+    if not writing.done():
+        await asyncio.shield(writing)
+    ctx.housekeeping.writing = None
+
+
+async def _write_behind(
+    ctx: WorkerContext,
+    tick: int,
+    claimed: list[Action],
+    outcomes: dict[int, Outcome],
+    rescued: int,
+    started: float,
+) -> None:
+    """Write a full tick's results and its ledger row, as `run_tick` would have."""
+    results: dict[int, AttemptResult] = {}
+    outcome, error = TickOutcome.OK, None
+    try:
+        async with asyncio.timeout(ctx.settings.tick_timeout):
+            results.update(await record_outcomes(ctx, list(outcomes.values()), tick=tick))
+    except Exception as exc:  # the database went away: the same as a tick that failed
+        error = f"{type(exc).__name__}: {exc}"
+        log.error(
+            "tick_failed",
+            tick=tick,
+            epoch=ctx.lease.epoch,
+            error=error,
+            error_type=type(exc).__name__,
+        )
+        await _fail_unfinished(ctx, claimed, outcomes, results, tick, error)
+        outcome = policy.tick_outcome(claimed=len(claimed), timed_out=False, failed=True)
+    await _record(ctx, _report(tick, outcome, claimed, results, rescued, started, error))
 
 
 def _report(

@@ -50,3 +50,25 @@ def test_builtin_post_social_is_registered_on_load() -> None:
 def test_a_missing_handler_module_is_a_clear_config_error() -> None:
     with pytest.raises(ConfigError, match="--handlers 'no_such_module_xyz' cannot be imported"):
         load_modules(["no_such_module_xyz"])
+
+
+def test_a_plain_function_is_refused_at_registration_naming_it() -> None:
+    def not_async(ctx: HandlerContext) -> str:
+        return "ran already"
+
+    reg = Registry()
+    with pytest.raises(ConfigError, match=r"'SYNC' .*not_async\) is not an async function"):
+        reg.register("SYNC", not_async)  # type: ignore[arg-type]
+    with pytest.raises(UnknownActionType):
+        reg.get("SYNC")
+
+
+def test_an_object_with_an_async_call_is_a_handler() -> None:
+    class Handler:
+        async def __call__(self, ctx: HandlerContext) -> str:
+            return "ok"
+
+    reg = Registry()
+    handler = Handler()
+    reg.register("OBJ", handler)
+    assert reg.get("OBJ") is handler
