@@ -90,6 +90,7 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
         await _fail_unfinished(
             ctx, claimed, outcomes, results, tick, stop.reason, cancel=stop.cancel_actions
         )
+        ctx.metrics.tick_done(stop.outcome, started, claimed, outcomes, results, rescued)
         await _record(
             ctx, _report(tick, stop.outcome, claimed, results, rescued, started, stop.reason)
         )
@@ -108,6 +109,7 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
         await _fail_unfinished(ctx, claimed, outcomes, results, tick, error or "tick failed")
         outcome = policy.tick_outcome(claimed=len(claimed), timed_out=timed_out, failed=failed)
 
+    ctx.metrics.tick_done(outcome, started, claimed, outcomes, results, rescued)
     report = _report(tick, outcome, claimed, results, rescued, started, error)
     await _record(ctx, report)
     return report
