@@ -7,9 +7,8 @@ several workers in one process keep apart. Three sources feed it:
   with what it claimed and what became of each attempt. Only writes the database accepted
   count as succeeded, retried, dead or cancelled; a result that was fenced out (the claim
   or the lease had moved on) counts as discarded instead. On the hot path this costs one
-  pass over the batch in plain Python, one histogram observation per finished attempt and
-  one counter increment per (result, action type) pair: no I/O, no per-action allocation
-  beyond a dict entry.
+  pass over the batch adding to plain dicts and lists: no I/O, no lock, no allocation
+  per action.
 * The lease gauges, read from the live lease when scraped.
 * `DatabaseGauges`: actions by status, queue lag and the lease row's heartbeat age, read
   from the database when `/metrics` is scraped, over a dedicated connection with a short
@@ -26,13 +25,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import asyncpg
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from aol.db import store
@@ -83,41 +89,48 @@ class Timed(Protocol):
     def duration_ms(self) -> float: ...
 
 
-class WorkerMetrics:
-    """The in-process metrics of one worker, and the registry `/metrics` renders."""
+class _Buckets:
+    """One histogram series in plain Python: a count per bucket (the last is +Inf), a sum."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # bucket `le` holds value <= le
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        running, out = 0, []
+        for bound, n in zip((*self.bounds, math.inf), self.counts, strict=True):
+            running += n
+            out.append(("+Inf" if bound == math.inf else repr(float(bound)), float(running)))
+        return out
+
+
+class WorkerMetrics(Collector):
+    """The in-process metrics of one worker, and the registry `/metrics` renders.
+
+    The tallies are plain dicts and lists without locks, which prometheus_client's own
+    metrics take on every increment (over a microsecond each, per action, on the drain's
+    hot path): ticks and scrapes both run on the worker's event loop thread, so a scrape
+    never sees a tick half counted.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.lease: LeaseView | None = None
-        r = self.registry
-        self._counters = {
-            key: Counter(name, doc, ["action_type"], registry=r)
-            for key, (name, doc) in _RESULTS.items()
-        }
-        self._rescued = Counter(
-            "aol_actions_rescued",
-            "Expired claims this worker returned to retry or dead",
-            registry=r,
-        )
-        self._durations = Histogram(
-            "aol_action_duration_seconds",
-            "How long handlers ran, for attempts whose result was written",
-            ["action_type"],
-            buckets=ACTION_BUCKETS,
-            registry=r,
-        )
-        ticks = Counter("aol_ticks", "Ticks this worker ran, by outcome", ["outcome"], registry=r)
-        self._ticks = {outcome: ticks.labels(str(outcome)) for outcome in TickOutcome}
-        self._tick_seconds = Histogram(
-            "aol_tick_duration_seconds",
-            "How long ticks took, claim to ledger",
-            buckets=TICK_BUCKETS,
-            registry=r,
-        )
-        # Labelled children, looked up once per action type: `labels()` takes a lock.
-        self._children: dict[tuple[str, str], Counter] = {}
-        self._timers: dict[str, Histogram] = {}
-        r.register(_LeaseGauges(self))
+        # result ("claimed" or an AttemptResult) -> action type -> count
+        self._counts: dict[str, dict[str, int]] = {key: {} for key in _RESULTS}
+        self._durations: dict[str, _Buckets] = {}
+        self._ticks = dict.fromkeys(TickOutcome, 0)
+        self._tick_seconds = _Buckets(TICK_BUCKETS)
+        self._rescued = 0
+        self.registry.register(self)
+        self.registry.register(_LeaseGauges(self))
 
     def tick_done(
         self,
@@ -130,40 +143,67 @@ class WorkerMetrics:
     ) -> None:
         """Count one finished tick (`started` on the monotonic clock) and its attempts."""
         self._tick_seconds.observe(time.monotonic() - started)
-        self._ticks[outcome].inc()
-        if rescued:
-            self._rescued.inc(rescued)
-        if not claimed:
-            return
-        tally: dict[tuple[str, str], int] = {}
+        self._ticks[outcome] += 1
+        self._rescued += rescued
+        counts, claims, durations = self._counts, self._counts[_CLAIMED], self._durations
         for action in claimed:
             kind = action.action_type
-            tally[_CLAIMED, kind] = tally.get((_CLAIMED, kind), 0) + 1
+            claims[kind] = claims.get(kind, 0) + 1
             result = results.get(action.id)
             if result is None:
                 continue  # the database failed before this result could be written
-            tally[result, kind] = tally.get((result, kind), 0) + 1
+            tally = counts[result]
+            tally[kind] = tally.get(kind, 0) + 1
             done = outcomes.get(action.id)
             if done is not None and result is not AttemptResult.DISCARDED:
-                self._timer(kind).observe(done.duration_ms / 1000)
-        for (what, kind), n in tally.items():
-            self._child(what, kind).inc(n)
+                series = durations.get(kind)
+                if series is None:
+                    series = durations[kind] = _Buckets(ACTION_BUCKETS)
+                series.observe(done.duration_ms / 1000)
 
     def render(self) -> bytes:
         """The registry in the text exposition format (see `CONTENT_TYPE`)."""
         return generate_latest(self.registry)
 
-    def _child(self, what: str, kind: str) -> Counter:
-        child = self._children.get((what, kind))
-        if child is None:
-            child = self._children[what, kind] = self._counters[what].labels(kind)
-        return child
+    def describe(self) -> Iterable[Metric]:
+        return self._families(described=True)
 
-    def _timer(self, kind: str) -> Histogram:
-        timer = self._timers.get(kind)
-        if timer is None:
-            timer = self._timers[kind] = self._durations.labels(kind)
-        return timer
+    def collect(self) -> Iterable[Metric]:
+        return self._families(described=False)
+
+    def _families(self, *, described: bool) -> list[Metric]:
+        families: list[Metric] = []
+        for key, (name, doc) in _RESULTS.items():
+            family = CounterMetricFamily(name, doc, labels=["action_type"])
+            for kind, n in [] if described else sorted(self._counts[key].items()):
+                family.add_metric([kind], n)
+            families.append(family)
+        families.append(
+            CounterMetricFamily(
+                "aol_actions_rescued",
+                "Expired claims this worker returned to retry or dead",
+                value=None if described else self._rescued,
+            )
+        )
+        durations = HistogramMetricFamily(
+            "aol_action_duration_seconds",
+            "How long handlers ran, for attempts whose result was written",
+            labels=["action_type"],
+        )
+        for kind, series in [] if described else sorted(self._durations.items()):
+            durations.add_metric([kind], series.cumulative(), series.total)
+        ticks = CounterMetricFamily(
+            "aol_ticks", "Ticks this worker ran, by outcome", labels=["outcome"]
+        )
+        tick_seconds = HistogramMetricFamily(
+            "aol_tick_duration_seconds", "How long ticks took, from start to ledger row"
+        )
+        if not described:
+            for outcome, n in self._ticks.items():
+                ticks.add_metric([str(outcome)], n)
+            series = self._tick_seconds
+            tick_seconds.add_metric([], series.cumulative(), series.total)
+        return [*families, durations, ticks, tick_seconds]
 
 
 class _LeaseGauges(Collector):
