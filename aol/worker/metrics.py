@@ -7,18 +7,16 @@ several workers in one process keep apart. Three sources feed it:
   with what it claimed and what became of each attempt. Only writes the database accepted
   count as succeeded, retried, dead or cancelled; a result that was fenced out (the claim
   or the lease had moved on) counts as discarded instead. On the hot path this costs one
-  pass over the batch adding to plain dicts and lists: no I/O, no lock, no allocation
-  per action.
+  pass over the batch adding to plain dicts and lists: no I/O and no lock.
 * The lease gauges, read from the live lease when scraped.
 * `DatabaseGauges`: actions by status, queue lag and the lease row's heartbeat age, read
   from the database when `/metrics` is scraped, over a dedicated connection with a short
   statement timeout. When that read fails, `aol_metrics_db_up` is 0 and those gauges are
   left out rather than reported stale; the scrape itself still answers.
 
-Every claimed attempt ends in exactly one result, except when the database fails while the
-tick writes its results (the claim is rescued later): `aol_actions_claimed_total` minus the
-result counters is that gap plus the attempts of the tick running now (claims are counted
-when their tick ends).
+Claims and results are both counted when their tick ends, and every claimed attempt ends in
+exactly one result, except when the database fails while the tick writes its results (the
+claim is rescued later): `aol_actions_claimed_total` minus the result counters is that gap.
 """
 
 from __future__ import annotations
@@ -60,7 +58,10 @@ DB_READ_BUDGET = 3.0
 
 _CLAIMED = "claimed"
 _RESULTS: dict[str, tuple[str, str]] = {
-    _CLAIMED: ("aol_actions_claimed", "Actions this worker claimed (counted when the tick ends)"),
+    _CLAIMED: (
+        "aol_actions_claimed",
+        "Attempts this worker claimed (counted when their tick ends)",
+    ),
     AttemptResult.SUCCEEDED: ("aol_actions_succeeded", "Attempts written as succeeded"),
     AttemptResult.RETRY: ("aol_actions_retried", "Failed attempts written as retry (to run again)"),
     AttemptResult.DEAD: ("aol_actions_dead", "Attempts that dead-lettered their action"),
