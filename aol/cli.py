@@ -188,7 +188,7 @@ def migrate(ctx: click.Context, revision: str, force: bool) -> None:
     "--health-port",
     type=int,
     default=None,
-    help="Serve GET /healthz and /readyz on this port (off by default).",
+    help="Serve GET /healthz, /readyz and /metrics on this port (off by default).",
 )
 @click.option(
     "--poll-only",

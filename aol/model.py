@@ -123,3 +123,12 @@ class TickRecord:
     retried: int
     dead: int
     error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSnapshot:
+    """What `GET /metrics` reads from the database at scrape time (database clock)."""
+
+    by_status: dict[str, int]
+    queue_lag_s: float
+    lease_heartbeat_age_s: float | None

@@ -520,3 +520,28 @@ SELECT s.suffix, $1::text || '_' || s.suffix AS role, r.oid IS NOT NULL AS exist
   FROM unnest(ARRAY['enqueuer', 'worker', 'operator']) WITH ORDINALITY AS s (suffix, n)
   LEFT JOIN pg_catalog.pg_roles r ON r.rolname = $1::text || '_' || s.suffix
  ORDER BY s.n;
+
+-- --- metrics: what GET /metrics reads from the database at scrape time ------------------
+
+-- name: set_statement_timeout
+-- For the dedicated metrics connection: its reads give up after $1 (such as '2000ms'), so a
+-- scrape reports the database as unreadable instead of hanging behind a lock or a slow scan.
+SELECT set_config('statement_timeout', $1::text, false);
+
+-- name: read_metrics
+-- One statement, so one snapshot: actions by status (one pass over aol.actions), the age in
+-- seconds of the oldest due runnable action (0 when none waits; answered from the
+-- runnable-due index), and the age of the lease row's last heartbeat (NULL when the lease is
+-- released or was never held), all on the database clock.
+WITH counts AS (
+    SELECT status, count(*) AS n FROM aol.actions GROUP BY status
+)
+SELECT (SELECT coalesce(array_agg(status ORDER BY status), '{}') FROM counts) AS statuses,
+       (SELECT coalesce(array_agg(n ORDER BY status), '{}') FROM counts) AS counts,
+       coalesce((SELECT extract(epoch FROM now() - min(not_before))
+                   FROM aol.actions
+                  WHERE status IN ('pending', 'retry') AND not_before <= now()), 0)::float8
+           AS queue_lag_s,
+       (SELECT extract(epoch FROM now() - heartbeat_at)::float8
+          FROM aol.lease
+         WHERE id = 1 AND released_at IS NULL) AS lease_heartbeat_age_s;

@@ -23,6 +23,7 @@ from aol.model import (
     Flags,
     JSONObject,
     Lease,
+    MetricsSnapshot,
     TickOutcome,
     TickRecord,
 )
@@ -497,3 +498,25 @@ async def drop_roles(conn: Executor) -> None:
 async def describe_roles(db: Executor, *, prefix: str) -> list[dict[str, Any]]:
     """suffix, role, exists, can_login, can_terminate for each of the three roles."""
     return [dict(r) for r in await db.fetch(q("roles_describe"), prefix)]
+
+
+# --- metrics (GET /metrics) -------------------------------------------------------------
+
+
+async def set_statement_timeout(conn: Executor, *, seconds: float) -> None:
+    """For a dedicated connection: every later statement on it gives up after `seconds`."""
+    await conn.fetchval(q("set_statement_timeout"), f"{max(1, round(seconds * 1000))}ms")
+
+
+async def read_metrics(db: Executor, *, timeout: float | None = None) -> MetricsSnapshot:
+    """Actions by status (every status present, 0 for none), queue lag and lease heartbeat."""
+    row = await db.fetchrow(q("read_metrics"), timeout=timeout)
+    by_status = {str(s): 0 for s in ActionStatus}
+    for status, n in zip(row["statuses"], row["counts"], strict=True):
+        by_status[str(status)] = int(n)
+    age = row["lease_heartbeat_age_s"]
+    return MetricsSnapshot(
+        by_status=by_status,
+        queue_lag_s=float(row["queue_lag_s"]),
+        lease_heartbeat_age_s=None if age is None else float(age),
+    )

@@ -24,6 +24,7 @@ from aol.model import Action, AttemptResult, TickOutcome
 from aol.settings import Settings
 from aol.worker.isolated import run_isolated
 from aol.worker.lease import Lease
+from aol.worker.metrics import WorkerMetrics
 
 log = get_logger("aol.dispatch")
 ERROR_MAX_CHARS = 2000
@@ -69,6 +70,7 @@ class WorkerContext:
     data_dir: Path
     interrupt: Interrupt = field(default_factory=Interrupt)
     housekeeping: Housekeeping = field(default_factory=Housekeeping)
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
 
 
 def describe(exc: BaseException) -> str:

@@ -27,6 +27,7 @@ from aol.settings import Settings
 from aol.worker import lease as lease_mod
 from aol.worker.dispatch import Interrupt, WorkerContext
 from aol.worker.health import HealthServer, Readiness
+from aol.worker.metrics import WorkerMetrics
 from aol.worker.tick import TickReport, run_tick, settle_writes
 from aol.worker.watchdog import Watchdog
 
@@ -70,7 +71,7 @@ async def run_worker(
     )
     readiness = Readiness(owner=settings.owner)
     health: contextlib.AbstractAsyncContextManager[Any] = (
-        HealthServer(settings.health_host, settings.health_port, readiness)
+        HealthServer(settings.health_host, settings.health_port, readiness, url)
         if settings.health_port is not None
         else contextlib.nullcontext()
     )
@@ -104,8 +105,9 @@ async def _hold_and_serve(
             return EXIT_OK
         lease.start_heartbeat()
         readiness.role, readiness.epoch = "holding", lease.epoch
+        readiness.metrics.lease = lease
         try:
-            code = await _serve(settings, url, lease, registry, stop, ticks)
+            code = await _serve(settings, url, lease, registry, stop, ticks, readiness.metrics)
         except _DATABASE_ERRORS as exc:
             if not settings.standby:
                 raise
@@ -153,6 +155,7 @@ async def _serve(
     registry: Registry,
     stop: asyncio.Event,
     ticks: int | None,
+    metrics: WorkerMetrics,
 ) -> int:
     pool = await create_pool(url, min_size=1, max_size=min(settings.batch_size + 2, POOL_MAX_SIZE))
     listener: Listener | Quiet = (
@@ -174,6 +177,7 @@ async def _serve(
             settings=settings,
             registry=registry,
             data_dir=settings.data_dir,
+            metrics=metrics,
         )
         return await _loop(ctx, listener, stop, ticks)
     finally:

@@ -111,6 +111,7 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
         )
         with contextlib.suppress(Exception):
             await settle_writes(ctx)
+        ctx.metrics.tick_done(stop.outcome, started, claimed, outcomes, results, rescued)
         await _record(
             ctx, _report(tick, stop.outcome, claimed, results, rescued, started, stop.reason)
         )
@@ -129,6 +130,7 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
         await _fail_unfinished(ctx, claimed, outcomes, results, tick, error or "tick failed")
         outcome = policy.tick_outcome(claimed=len(claimed), timed_out=timed_out, failed=failed)
 
+    ctx.metrics.tick_done(outcome, started, claimed, outcomes, results, rescued)
     report = _report(tick, outcome, claimed, results, rescued, started, error)
     with contextlib.suppress(Exception):
         await settle_writes(ctx)  # the previous tick's row first (paused, killed, failed ticks)
@@ -172,6 +174,7 @@ async def _write_behind(
         )
         await _fail_unfinished(ctx, claimed, outcomes, results, tick, error)
         outcome = policy.tick_outcome(claimed=len(claimed), timed_out=False, failed=True)
+    ctx.metrics.tick_done(outcome, started, claimed, outcomes, results, rescued)
     await _record(ctx, _report(tick, outcome, claimed, results, rescued, started, error))
 
 
