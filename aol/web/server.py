@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import socket
+from collections.abc import Generator
 
 import uvicorn
 
@@ -49,6 +52,23 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self.settings = settings
         self.started_event = started
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """Stop on SIGINT or SIGTERM and return normally (uvicorn's own handling raises the
+        signal again afterwards), so the pool and an embedded server are closed and
+        `aol dashboard` exits 0."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    def _stop(self) -> None:
+        self.should_exit = True
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
