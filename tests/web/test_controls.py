@@ -3,12 +3,14 @@ nothing: a missing reason is 400, a retry of an action that is not dead is 409."
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
+from tests.waiting import wait_for
 from tests.web.conftest import post
 from tests.web.page import attr_text, db_flags, db_log_count, db_status
 from tests.web.seed import Seeded
@@ -217,3 +219,41 @@ async def test_a_form_post_returns_to_the_page_it_came_from_but_never_offsite(
         )
         assert answer.status_code == 303
         assert answer.headers["location"] == expected
+
+
+async def test_cancel_racing_a_claim_leaves_the_claimed_action_running(
+    pool: asyncpg.Pool[Any], seeded: Seeded
+) -> None:
+    """The worker's claim holds the row lock when the cancel arrives: the cancel waits for
+    it, sees the action running, and changes nothing."""
+    from aol.db import store
+
+    action_id = seeded.first("pending")
+    logs = await db_log_count(pool)
+    async with pool.acquire() as claimer:
+        claim = claimer.transaction()
+        await claim.start()
+        await claimer.execute(
+            "UPDATE aol.actions SET status = 'running', attempts = 1, claim_epoch = 7, "
+            "claim_expires_at = now() + interval '1 min' WHERE id = $1",
+            action_id,
+        )
+        cancel = asyncio.create_task(
+            store.cancel_waiting_action(pool, action_id=action_id, changed_by="t", reason="r")
+        )
+
+        async def cancel_waits_for_the_lock() -> bool:
+            return bool(
+                await pool.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()"
+                )
+            )
+
+        await wait_for(cancel_waits_for_the_lock, what="the cancel to wait for the claim")
+        await claim.commit()
+        before, cancelled = await cancel
+
+    assert (before, cancelled) == ("pending", False)
+    assert await db_status(pool, action_id) == "running"
+    assert await db_log_count(pool) == logs
