@@ -224,6 +224,25 @@ def run(ctx: click.Context, /, ticks: int | None, **flags: Any) -> None:
     sys.exit(_run(_with_db(settings, go)))
 
 
+@cli.command()
+@click.option("--host", default=None, help="Address to serve on (127.0.0.1; AOL_DASHBOARD_HOST).")
+@click.option("--port", type=int, default=None, help="Port (8080; AOL_DASHBOARD_PORT).")
+@click.option("--data-dir", default=None, help="Folder holding the artifacts (AOL_DATA_DIR).")
+@click.pass_context
+def dashboard(ctx: click.Context, host: str | None, port: int | None, data_dir: str | None) -> None:
+    """The operator's web dashboard: lease, flags, ticks, queue, logs, dead letters, and
+    controls (with AOL_DASHBOARD_TOKEN set). Beyond loopback it needs the token."""
+    from aol.web import auth
+    from aol.web.server import serve
+
+    try:
+        settings = _settings(ctx, dashboard_host=host, dashboard_port=port, data_dir=data_dir)
+        auth.check_bind(settings.dashboard_host, settings.dashboard_token)
+    except AolError as exc:
+        raise click.UsageError(str(exc)) from exc
+    _run(_with_db(settings, lambda db: serve(settings, db.url)))
+
+
 @cli.command("enqueue")
 @click.argument("action_type")
 @click.option("--payload", required=True, help="The payload, a JSON object.")

@@ -55,6 +55,11 @@ EVENTS: Final[dict[str, str]] = {
     "embedded_binaries_copied": "server binaries were copied where the server user can run them",
     "migrations_applied": "the schema was migrated to head",
     "flags_changed": "a control flag was changed",
+    "dashboard_listening": "aol dashboard serves on host:port; controls on or off",
+    "dashboard_login": "an operator logged in to the dashboard",
+    "dashboard_login_refused": "a dashboard login gave a wrong token",
+    "dashboard_control": "an operator's change from the dashboard was applied",
+    "dashboard_control_refused": "a dashboard change was refused (auth, CSRF, bad input)",
 }
 
 

@@ -28,6 +28,10 @@ BACKOFF_MAX_DEFAULT = 600.0
 SHUTDOWN_GRACE_DEFAULT = 15.0
 LISTEN_PROBE_INTERVAL_DEFAULT = 10.0
 HEALTH_HOST_DEFAULT = "127.0.0.1"
+DASHBOARD_HOST_DEFAULT = "127.0.0.1"
+DASHBOARD_PORT_DEFAULT = 8080
+# A shared secret shorter than this is refused: it would be guessable.
+DASHBOARD_TOKEN_MIN_LENGTH = 16
 LOG_FORMAT_DEFAULT = "json"
 LOG_FORMATS = ("json", "console")
 # One JSON line per successful attempt, or one per tick listing the tick's succeeded ids
@@ -74,6 +78,9 @@ class Settings:
     watchdog: bool = True
     health_port: int | None = None
     health_host: str = HEALTH_HOST_DEFAULT
+    dashboard_host: str = DASHBOARD_HOST_DEFAULT
+    dashboard_port: int = DASHBOARD_PORT_DEFAULT
+    dashboard_token: str | None = field(default=None, repr=False)
 
     @property
     def claim_ttl(self) -> float:
@@ -84,6 +91,7 @@ class Settings:
         """A printable view with the database password hidden."""
         view = {f.name: str(getattr(self, f.name)) for f in fields(self)}
         view["database_url"] = mask_url(self.database_url) if self.database_url else "embedded"
+        view["dashboard_token"] = "***" if self.dashboard_token else "none"
         return view
 
     def with_(self, **changes: Any) -> Settings:
@@ -126,7 +134,12 @@ _SOURCES: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "watchdog": ("AOL_WATCHDOG", lambda v: _parse_bool(v), "true or false"),
     "health_port": ("AOL_HEALTH_PORT", int, "a TCP port from 0 to 65535"),
     "health_host": ("AOL_HEALTH_HOST", str, "a host address such as 127.0.0.1"),
+    "dashboard_host": ("AOL_DASHBOARD_HOST", str, "a host address such as 127.0.0.1"),
+    "dashboard_port": ("AOL_DASHBOARD_PORT", int, "a TCP port from 0 to 65535"),
 }
+
+# Settings whose command-line flag is not --<name with dashes> (`aol dashboard --host`).
+_FLAG_NAMES = {"dashboard_host": "--host", "dashboard_port": "--port"}
 
 
 def _parse_bool(value: str) -> bool:
@@ -150,7 +163,7 @@ def _read_secret(env: Mapping[str, str], var: str) -> str | None:
 
 
 def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return _FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
 
 
 def load_settings(
@@ -168,6 +181,11 @@ def load_settings(
         or env.get("DATABASE_URL")
     )
     values["database_url"] = url or None
+    # Secrets come from the environment only, never a flag (a command line is visible to
+    # every user of the machine in `ps`).
+    values["dashboard_token"] = (env.get("AOL_DASHBOARD_TOKEN") or "").strip() or _read_secret(
+        env, "AOL_DASHBOARD_TOKEN_FILE"
+    )
 
     for name, (var, parse, shape) in _SOURCES.items():
         if name in flags:
@@ -220,6 +238,15 @@ def validate(settings: Settings) -> None:
         raise bad("action_timeout", f"must not exceed the tick timeout ({settings.tick_timeout})")
     if settings.health_port is not None and not 0 <= settings.health_port <= 65535:
         raise bad("health_port", "expected a TCP port from 0 to 65535")
+    if not 0 <= settings.dashboard_port <= 65535:
+        raise bad("dashboard_port", "expected a TCP port from 0 to 65535")
+    token = settings.dashboard_token
+    if token is not None and len(token) < DASHBOARD_TOKEN_MIN_LENGTH:
+        raise ConfigError(
+            f"AOL_DASHBOARD_TOKEN (or AOL_DASHBOARD_TOKEN_FILE) is {len(token)} characters "
+            f"long: expected at least {DASHBOARD_TOKEN_MIN_LENGTH}; make one with "
+            "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
     if settings.log_format not in LOG_FORMATS:
         raise bad("log_format", "expected json or console")
     if settings.success_log not in SUCCESS_LOGS:

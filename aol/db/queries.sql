@@ -545,3 +545,116 @@ SELECT (SELECT coalesce(array_agg(status ORDER BY status), '{}') FROM counts) AS
        (SELECT extract(epoch FROM now() - heartbeat_at)::float8
           FROM aol.lease
          WHERE id = 1 AND released_at IS NULL) AS lease_heartbeat_age_s;
+
+-- ===================================================================================
+-- The operator's dashboard (aol/web): what the page reads, and the one change it adds.
+-- Pause, resume, kill, proof mode and dead-letter retry use the blocks above, as the
+-- CLI does, so the two cannot disagree.
+-- ===================================================================================
+
+-- name: read_lease_state
+-- The lease row as the dashboard shows it, timed on the database clock, with the backend
+-- that holds the advisory lock right now (NULL when nobody does).
+-- $1 lock key
+SELECT l.owner, l.epoch, l.acquired_at, l.heartbeat_at, l.expires_at, l.released_at,
+       l.holder_pid, now() AS now,
+       extract(epoch FROM now() - l.heartbeat_at)::double precision AS since_heartbeat_s,
+       extract(epoch FROM l.expires_at - now())::double precision AS until_expiry_s,
+       (SELECT k.pid FROM pg_locks k
+         WHERE k.locktype = 'advisory' AND k.granted AND k.objsubid = 1
+           AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+           AND k.classid = ($1::bigint >> 32)::oid
+           AND k.objid = ($1::bigint & 4294967295)::oid
+         LIMIT 1) AS lock_pid
+  FROM aol.lease l WHERE l.id = 1;
+
+-- name: tick_history
+-- Recent ticks in one-minute buckets, for the page's charts. The ledger has no index on
+-- time and grows without bound, so only the newest $2 rows are read (backwards along the
+-- primary key), then kept if they finished within the last $1 seconds.
+-- $1 window seconds, $2 most rows read
+SELECT date_trunc('minute', t.finished_at) AS minute, count(*) AS ticks,
+       avg(t.duration_ms)::double precision AS avg_ms,
+       max(t.duration_ms)::double precision AS max_ms,
+       sum(t.claimed)::bigint AS claimed, sum(t.succeeded)::bigint AS succeeded,
+       sum(t.retried)::bigint AS retried, sum(t.dead)::bigint AS dead
+  FROM (SELECT finished_at, duration_ms, claimed, succeeded, retried, dead
+          FROM aol.tick_ledger ORDER BY id DESC LIMIT $2) t
+ WHERE t.finished_at > now() - make_interval(secs => $1)
+ GROUP BY 1
+ ORDER BY 1;
+
+-- name: queue_lag
+-- The oldest runnable action that is due (pending or retry, not_before passed): how long
+-- it has waited since it became due. No row when nothing is waiting.
+SELECT id, action_type, status, not_before,
+       extract(epoch FROM now() - not_before)::double precision AS lag_s
+  FROM aol.actions
+ WHERE status IN ('pending', 'retry') AND not_before <= now()
+ ORDER BY not_before, id
+ LIMIT 1;
+
+-- name: list_recent_logs
+-- The newest execution log rows, with the action type when the row is about an action.
+-- $1 limit
+SELECT l.id, l.action_id, a.action_type, l.attempt, l.epoch, l.tick, l.level, l.event,
+       l.message, l.duration_ms, l.artifact_ref, l.artifact_sha256, l.created_at
+  FROM aol.execution_logs l
+  LEFT JOIN aol.actions a ON a.id = l.action_id
+ ORDER BY l.id DESC
+ LIMIT $1;
+
+-- name: list_actions
+-- Actions, newest change first, filtered by status and type (NULL: any).
+-- $1 status, $2 action type, $3 limit
+SELECT id, idempotency_key, action_type, payload, status, priority, attempts, max_attempts,
+       not_before, last_error, claimed_by, claim_epoch, created_at, updated_at, finished_at
+  FROM aol.actions
+ WHERE ($1::text IS NULL OR status = $1::text)
+   AND ($2::text IS NULL OR action_type = $2::text)
+ ORDER BY updated_at DESC, id DESC
+ LIMIT $3;
+
+-- name: list_action_types
+-- Every action type stored, for the type filter.
+SELECT DISTINCT action_type FROM aol.actions ORDER BY action_type;
+
+-- name: read_action_detail
+-- One action with every column an operator may want to see.
+-- $1 id
+SELECT id, idempotency_key, action_type, payload, status, priority, attempts, max_attempts,
+       not_before, last_error, claimed_by, claim_epoch, claimed_at, claim_expires_at,
+       rescues, created_at, updated_at, finished_at
+  FROM aol.actions WHERE id = $1;
+
+-- name: read_log_artifact
+-- The artifact an execution log row points to; the dashboard serves files by this id,
+-- never by a path taken from the request.
+-- $1 execution log id
+SELECT l.id, l.action_id, l.artifact_ref, l.artifact_sha256, l.created_at, a.action_type
+  FROM aol.execution_logs l
+  LEFT JOIN aol.actions a ON a.id = l.action_id
+ WHERE l.id = $1 AND l.artifact_ref IS NOT NULL;
+
+-- name: cancel_waiting_action
+-- An operator cancels an action that has not started: fenced on its status, so an action
+-- the worker has claimed meanwhile (running) or that has finished is left alone. The
+-- UPDATE waits for a concurrent claim's row lock and then re-checks the status. One
+-- action_cancelled_by_operator row records who and why. Writes only columns the operator
+-- role may update (status, finished_at, updated_at).
+-- $1 id, $2 changed_by, $3 reason
+-- Returns the status before (NULL: no such action) and whether it was cancelled.
+WITH before AS (
+    SELECT status FROM aol.actions WHERE id = $1
+), moved AS (
+    UPDATE aol.actions a
+       SET status = 'cancelled', finished_at = now(), updated_at = now()
+     WHERE a.id = $1 AND a.status IN ('pending', 'retry')
+    RETURNING a.id, a.attempts
+), logged AS (
+    INSERT INTO aol.execution_logs (action_id, attempt, level, event, message)
+    SELECT id, attempts, 'warning', 'action_cancelled_by_operator',
+           format('by %s: %s', $2::text, $3::text) FROM moved
+)
+SELECT (SELECT status FROM before) AS status_before,
+       EXISTS (SELECT 1 FROM moved) AS cancelled;

@@ -520,3 +520,64 @@ async def read_metrics(db: Executor, *, timeout: float | None = None) -> Metrics
         queue_lag_s=float(row["queue_lag_s"]),
         lease_heartbeat_age_s=None if age is None else float(age),
     )
+
+
+# --- the operator's dashboard (aol/web) -----------------------------------------------
+
+
+async def read_lease_state(db: Executor) -> dict[str, Any]:
+    """The lease row, times since heartbeat and until expiry on the database clock, and the
+    pid of the backend holding the advisory lock now (None when nobody holds it)."""
+    return dict(await db.fetchrow(q("read_lease_state"), LEASE_LOCK_KEY))
+
+
+async def tick_history(
+    db: Executor, *, window_s: float, max_rows: int = 20000
+) -> list[dict[str, Any]]:
+    """Ticks of the last `window_s` seconds in one-minute buckets (counts, durations)."""
+    return [dict(r) for r in await db.fetch(q("tick_history"), window_s, max_rows)]
+
+
+async def queue_lag(db: Executor) -> dict[str, Any] | None:
+    """The oldest due runnable action and how long it has waited, or None."""
+    row = await db.fetchrow(q("queue_lag"))
+    return None if row is None else dict(row)
+
+
+async def list_recent_logs(db: Executor, *, limit: int = 50) -> list[dict[str, Any]]:
+    return [dict(r) for r in await db.fetch(q("list_recent_logs"), limit)]
+
+
+async def list_actions(
+    db: Executor, *, status: str | None = None, action_type: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Actions, most recently changed first; None in a filter means any."""
+    return [dict(r) for r in await db.fetch(q("list_actions"), status, action_type, limit)]
+
+
+async def list_action_types(db: Executor) -> list[str]:
+    return [str(r["action_type"]) for r in await db.fetch(q("list_action_types"))]
+
+
+async def read_action_detail(db: Executor, *, action_id: int) -> dict[str, Any] | None:
+    row = await db.fetchrow(q("read_action_detail"), action_id)
+    return None if row is None else dict(row)
+
+
+async def read_log_artifact(db: Executor, *, log_id: int) -> dict[str, Any] | None:
+    """The artifact reference and recorded SHA-256 of one execution log row, or None."""
+    row = await db.fetchrow(q("read_log_artifact"), log_id)
+    return None if row is None else dict(row)
+
+
+async def cancel_waiting_action(
+    db: Executor, *, action_id: int, changed_by: str, reason: str
+) -> tuple[str | None, bool]:
+    """Cancel an action that is pending or retry (not running, not finished).
+
+    Returns (status before, cancelled); status None means there is no such action. A
+    concurrent claim wins: the action is then running and left alone.
+    """
+    row = await db.fetchrow(q("cancel_waiting_action"), action_id, changed_by, reason)
+    before = row["status_before"]
+    return (None if before is None else str(before)), bool(row["cancelled"])
