@@ -458,6 +458,47 @@ def dlq_retry(ctx: click.Context, ids: tuple[int, ...], all_: bool, reason: str 
         click.echo(f"not dead (left alone): {' '.join(map(str, missing))}", err=True)
 
 
+@cli.command()
+@click.option("--older-than", required=True, help="Age by finished time: 30d, 12h, 90m or seconds.")
+@click.option("--include-dead", is_flag=True, help="Delete dead actions too (kept otherwise).")
+@click.option("--batch", type=int, default=1000, show_default=True, help="Rows per transaction.")
+@click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
+@click.pass_context
+def prune(
+    ctx: click.Context, older_than: str, include_dead: bool, batch: int, dry_run: bool
+) -> None:
+    """Delete finished actions (with their log rows) and tick ledger rows older than an age.
+
+    Succeeded and cancelled actions go; dead ones stay unless --include-dead. A deleted
+    action's idempotency key is free again. Run it from cron, or as a compose job.
+    """
+    from aol import retention
+
+    settings = _settings(ctx)
+    try:
+        age = retention.parse_age(older_than)
+    except AolError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from exc
+    report = _run(
+        _with_conn(
+            settings,
+            lambda c: retention.prune(
+                c, older_than_s=age, include_dead=include_dead, batch=batch, dry_run=dry_run
+            ),
+        )
+    )
+    kinds = "/".join(report.statuses)
+    if report.dry_run:
+        click.echo(
+            f"would delete {report.actions} {kinds} action(s) finished over {older_than} ago"
+        )
+    else:
+        click.echo(
+            f"deleted {report.actions} {kinds} action(s) and {report.ticks} tick ledger row(s) "
+            f"older than {older_than}"
+        )
+
+
 PREFIX_HELP = "The roles are <prefix>_enqueuer, <prefix>_worker and <prefix>_operator."
 
 

@@ -658,3 +658,44 @@ WITH before AS (
 )
 SELECT (SELECT status FROM before) AS status_before,
        EXISTS (SELECT 1 FROM moved) AS cancelled;
+
+-- --- retention (aol prune) -----------------------------------------------------------
+
+-- name: prune_actions
+-- One batch of finished actions older than $2 seconds (by finished_at), deleted with their
+-- execution log rows (ON DELETE CASCADE). Oldest first; rows locked elsewhere are left for
+-- the next batch. Deleting an action frees its idempotency key.
+-- $1 statuses to prune, $2 age in seconds, $3 batch size
+WITH doomed AS (
+    SELECT id
+      FROM aol.actions
+     WHERE status = ANY ($1::text[])
+       AND finished_at < now() - make_interval(secs => $2)
+     ORDER BY finished_at
+     LIMIT $3
+       FOR UPDATE SKIP LOCKED
+)
+DELETE FROM aol.actions a
+ USING doomed
+ WHERE a.id = doomed.id
+RETURNING a.id;
+
+-- name: count_prunable
+-- What prune_actions would delete, by status, without deleting (aol prune --dry-run).
+-- $1 statuses, $2 age in seconds
+SELECT status, count(*) AS n
+  FROM aol.actions
+ WHERE status = ANY ($1::text[])
+   AND finished_at < now() - make_interval(secs => $2)
+ GROUP BY status;
+
+-- name: prune_ticks
+-- One batch of tick ledger rows older than $1 seconds, oldest first (by primary key).
+-- $1 age in seconds, $2 batch size
+DELETE FROM aol.tick_ledger
+ WHERE id IN (SELECT id
+                FROM aol.tick_ledger
+               WHERE finished_at < now() - make_interval(secs => $1)
+               ORDER BY id
+               LIMIT $2)
+RETURNING id;

@@ -581,3 +581,26 @@ async def cancel_waiting_action(
     row = await db.fetchrow(q("cancel_waiting_action"), action_id, changed_by, reason)
     before = row["status_before"]
     return (None if before is None else str(before)), bool(row["cancelled"])
+
+
+# --- retention (aol prune) ------------------------------------------------------------
+
+
+async def prune_actions(
+    db: Executor, *, statuses: Sequence[str], older_than_s: float, batch: int
+) -> int:
+    """Delete one batch of finished actions (and their log rows); returns how many."""
+    rows = await db.fetch(q("prune_actions"), list(statuses), older_than_s, batch)
+    return len(rows)
+
+
+async def count_prunable(
+    db: Executor, *, statuses: Sequence[str], older_than_s: float
+) -> dict[str, int]:
+    rows = await db.fetch(q("count_prunable"), list(statuses), older_than_s)
+    return {str(r["status"]): int(r["n"]) for r in rows}
+
+
+async def prune_ticks(db: Executor, *, older_than_s: float, batch: int) -> int:
+    """Delete one batch of tick ledger rows; returns how many."""
+    return len(await db.fetch(q("prune_ticks"), older_than_s, batch))
