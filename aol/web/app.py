@@ -486,27 +486,25 @@ async def flag_control(request: Request) -> Response:
 
 
 async def retry_action(request: Request) -> Response:
-    action_id = action_id_of(request)
-    return await _control(
-        request,
-        "retry",
-        lambda db, s, reason: (
-            _missing(request)
-            if action_id is None
-            else controls.retry_one(db, action_id=action_id, operator=s.operator, reason=reason)
-        ),
-    )
+    return await _action_control(request, "retry", controls.retry_one)
 
 
 async def cancel_action(request: Request) -> Response:
+    return await _action_control(request, "cancel", controls.cancel)
+
+
+async def _action_control(
+    request: Request, op: str, change: Callable[..., Awaitable[str]]
+) -> Response:
+    """A control on one action (`change(db, action_id=, operator=, reason=)`)."""
     action_id = action_id_of(request)
     return await _control(
         request,
-        "cancel",
+        op,
         lambda db, s, reason: (
             _missing(request)
             if action_id is None
-            else controls.cancel(db, action_id=action_id, operator=s.operator, reason=reason)
+            else change(db, action_id=action_id, operator=s.operator, reason=reason)
         ),
     )
 

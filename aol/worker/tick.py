@@ -118,14 +118,7 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
         raise
     except Exception as exc:  # the database went away, or a bug: the tick fails, not the worker
         failed = True
-        error = f"{type(exc).__name__}: {exc}"
-        log.error(
-            "tick_failed",
-            tick=tick,
-            epoch=ctx.lease.epoch,
-            error=error,
-            error_type=type(exc).__name__,
-        )
+        error = _tick_failed(ctx, tick, exc)
     if timed_out or failed:
         await _fail_unfinished(ctx, claimed, outcomes, results, tick, error or "tick failed")
         outcome = policy.tick_outcome(claimed=len(claimed), timed_out=timed_out, failed=failed)
@@ -136,6 +129,14 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
         await settle_writes(ctx)  # the previous tick's row first (paused, killed, failed ticks)
     await _record(ctx, report)
     return report
+
+
+def _tick_failed(ctx: WorkerContext, tick: int, exc: Exception) -> str:
+    error = f"{type(exc).__name__}: {exc}"
+    log.error(
+        "tick_failed", tick=tick, epoch=ctx.lease.epoch, error=error, error_type=type(exc).__name__
+    )
+    return error
 
 
 async def settle_writes(ctx: WorkerContext) -> None:
@@ -164,14 +165,7 @@ async def _write_behind(
         async with asyncio.timeout(ctx.settings.tick_timeout):
             results.update(await record_outcomes(ctx, list(outcomes.values()), tick=tick))
     except Exception as exc:  # the database went away: the same as a tick that failed
-        error = f"{type(exc).__name__}: {exc}"
-        log.error(
-            "tick_failed",
-            tick=tick,
-            epoch=ctx.lease.epoch,
-            error=error,
-            error_type=type(exc).__name__,
-        )
+        error = _tick_failed(ctx, tick, exc)
         await _fail_unfinished(ctx, claimed, outcomes, results, tick, error)
         outcome = policy.tick_outcome(claimed=len(claimed), timed_out=False, failed=True)
     ctx.metrics.tick_done(outcome, started, claimed, outcomes, results, rescued)
