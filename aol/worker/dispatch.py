@@ -57,6 +57,8 @@ class Housekeeping:
 
     next_rescue: float = 0.0
     writing: asyncio.Task[None] | None = None
+    # The write in flight holds failed attempts: retries whose due times the loop must see.
+    writing_failures: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -317,6 +317,8 @@ async def _go_idle(
     """How long to sleep, decided after taking the wake-up lock (so that every enqueuer
     that did not notify has committed, and the last look sees its rows). A paused or
     failing worker sleeps without the lock: enqueuers need not wake it."""
+    if ctx.housekeeping.writing_failures:
+        await settle_writes(ctx)  # the retries the last tick schedules: their due times count
     if report.outcome not in (TickOutcome.OK, TickOutcome.IDLE):
         return await _idle_delay(ctx, report, rechecked=rechecked)
     while True:

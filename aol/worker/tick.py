@@ -4,12 +4,13 @@ A tick runs under `asyncio.timeout(tick_timeout)`. Actions whose attempt was cut
 the tick timeout (or by shutdown) are recorded as failed attempts, so nothing is left in
 `running` by a live worker.
 
-Write-behind: a tick that claimed a full batch (more work is probably waiting) hands the
-writing of its results and ledger row to a task and returns; the next tick claims while
-that write runs, and waits for it before running its own handlers. So at most one tick's
-results are in flight, ledger rows stay in tick order, and the claim's round trip hides
-behind the previous write instead of following it. Results are fenced as always; whoever
-ends the loop waits for the last write (`settle_writes`).
+Write-behind: a tick that claimed work hands the writing of its results and ledger row to
+a task and returns; the next tick claims and runs its handlers while that write runs, and
+waits for it before writing its own. So at most one tick's results are in flight, ledger
+rows stay in tick order, and neither the next claim nor the next handlers wait for the
+previous write. Results are fenced as always. When the write holds failed attempts, the
+run loop waits for it before its last look for work ahead of a sleep (so the retries it
+schedules are seen); whoever ends the loop waits for the last write (`settle_writes`).
 """
 
 from __future__ import annotations
@@ -86,9 +87,12 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
                     limit=ctx.settings.batch_size,
                     claim_ttl=ctx.settings.claim_ttl,
                 )
-                await settle_writes(ctx)
                 await run_batch(ctx, claimed, proof=flags.proof_mode, tick=tick, outcomes=outcomes)
-                if len(claimed) >= ctx.settings.batch_size and ctx.lease.held:
+                await settle_writes(ctx)  # the previous tick's results land before ours
+                if claimed and ctx.lease.held:
+                    ctx.housekeeping.writing_failures = len(outcomes) < len(claimed) or any(
+                        o.error is not None for o in outcomes.values()
+                    )
                     ctx.housekeeping.writing = asyncio.get_running_loop().create_task(
                         _write_behind(ctx, tick, claimed, outcomes, rescued, started),
                         name=f"aol-tick-{tick}-write",
