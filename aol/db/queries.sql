@@ -109,15 +109,23 @@ SELECT paused, killed, proof_mode, changed_by, changed_at, reason, kill_cancels
   FROM aol.set_control_flags($1, $2, $3, $4, $5);
 
 -- name: claim_actions
--- Claim up to $3 runnable, due actions in one statement. SKIP LOCKED lets concurrent
--- claimers pass over each other's rows instead of waiting, so no row is handed out twice.
--- The lease check makes a claimer whose epoch has moved on claim nothing.
--- Each claim counts as an attempt, so a poison action that kills workers still ends dead;
--- and an action that was rescued (its worker died while it ran) is claimed alone, so such
--- a poison action cannot burn the attempts of batch-mates.
+-- Read the control flags and claim up to $3 runnable, due actions in one statement (one
+-- round trip before the handlers start): nothing is claimed while paused or killed, and the
+-- flags come back with the claim from the same snapshot, so proof mode applies exactly as
+-- it stood when the actions were claimed. One row per claimed action, each carrying the
+-- flags; a single row of flags with NULL action columns when nothing was claimed.
+-- SKIP LOCKED lets concurrent claimers pass over each other's rows instead of waiting, so
+-- no row is handed out twice. The lease check makes a claimer whose epoch has moved on
+-- claim nothing. Each claim counts as an attempt, so a poison action that kills workers
+-- still ends dead; and an action that was rescued (its worker died while it ran) is
+-- claimed alone, so such a poison action cannot burn the attempts of batch-mates.
 -- $1 owner, $2 epoch, $3 limit, $4 claim ttl seconds
-WITH lease AS (
-    SELECT 1 FROM aol.lease l WHERE l.id = 1 AND l.epoch = $2 AND l.owner = $1
+WITH flags AS (
+    SELECT paused, killed, proof_mode FROM aol.control_flags WHERE id = 1
+), lease AS (
+    SELECT 1 FROM aol.lease l
+     WHERE l.id = 1 AND l.epoch = $2 AND l.owner = $1
+       AND NOT EXISTS (SELECT 1 FROM flags WHERE paused OR killed)
 ), suspect AS (
     SELECT id
       FROM aol.actions
@@ -137,16 +145,19 @@ WITH lease AS (
      ORDER BY priority DESC, not_before, id
      LIMIT $3
        FOR UPDATE SKIP LOCKED
+), claimed AS (
+    -- The picked ids are joined back by primary key as an array: a join against the CTEs
+    -- lets the planner choose a hash join over a sequential scan once most rows are runnable.
+    UPDATE aol.actions a
+       SET status = 'running', attempts = a.attempts + 1, claimed_by = $1, claim_epoch = $2,
+           claimed_at = now(), claim_expires_at = now() + make_interval(secs => $4),
+           updated_at = now()
+     WHERE a.id = ANY (ARRAY(SELECT id FROM suspect) || ARRAY(SELECT id FROM batch))
+    RETURNING a.id, a.idempotency_key, a.action_type, a.payload, a.status, a.priority,
+              a.attempts, a.max_attempts, a.not_before, a.claim_epoch, a.created_at
 )
--- The picked ids are joined back by primary key as an array: a join against the CTEs lets
--- the planner choose a hash join over a sequential scan once most rows are runnable.
-UPDATE aol.actions a
-   SET status = 'running', attempts = a.attempts + 1, claimed_by = $1, claim_epoch = $2,
-       claimed_at = now(), claim_expires_at = now() + make_interval(secs => $4),
-       updated_at = now()
- WHERE a.id = ANY (ARRAY(SELECT id FROM suspect) || ARRAY(SELECT id FROM batch))
-RETURNING a.id, a.idempotency_key, a.action_type, a.payload, a.status, a.priority,
-          a.attempts, a.max_attempts, a.not_before, a.claim_epoch, a.created_at;
+SELECT f.paused, f.killed, f.proof_mode, c.*
+  FROM flags f LEFT JOIN claimed c ON true;
 
 -- name: finish_actions
 -- A tick's successes in one statement. Fenced row by row: a row is written only while it is

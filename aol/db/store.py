@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from importlib import resources
@@ -245,13 +246,32 @@ def _action(row: Any) -> Action:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A claim and the control flags it was made under (one snapshot)."""
+
+    paused: bool
+    killed: bool
+    proof_mode: bool
+    actions: list[Action]
+
+
+async def claim(db: Executor, *, owner: str, epoch: Epoch, limit: int, claim_ttl: float) -> Claim:
+    """Read the flags and claim (nothing while paused or killed) in one statement."""
+    rows = await db.fetch(q("claim_actions"), owner, epoch, limit, claim_ttl)
+    if not rows:
+        raise RuntimeError("aol.control_flags has no row 1: the schema is damaged")
+    actions = [_action(r) for r in rows if r["id"] is not None]
+    actions.sort(key=lambda a: (-a.priority, a.not_before, a.id))
+    first = rows[0]
+    return Claim(first["paused"], first["killed"], first["proof_mode"], actions)
+
+
 async def claim_actions(
     db: Executor, *, owner: str, epoch: Epoch, limit: int, claim_ttl: float
 ) -> list[Action]:
-    rows = await db.fetch(q("claim_actions"), owner, epoch, limit, claim_ttl)
-    actions = [_action(r) for r in rows]
-    actions.sort(key=lambda a: (-a.priority, a.not_before, a.id))
-    return actions
+    """Just the claimed actions (see `claim`)."""
+    return (await claim(db, owner=owner, epoch=epoch, limit=limit, claim_ttl=claim_ttl)).actions
 
 
 async def finish_actions(

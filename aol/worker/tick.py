@@ -1,4 +1,5 @@
-"""One tick: read the flags, rescue expired claims, claim, dispatch, record the ledger row.
+"""One tick: claim (reading the flags in the same statement), dispatch, rescue expired
+claims, record the ledger row.
 
 A tick runs under `asyncio.timeout(tick_timeout)`. Actions whose attempt was cut short by
 the tick timeout (or by shutdown) are recorded as failed attempts, so nothing is left in
@@ -66,42 +67,48 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
     timed_out = failed = False
     try:
         async with asyncio.timeout(ctx.settings.tick_timeout):
-            flags = await store.read_flags(ctx.pool)
-            if flags.killed:
-                outcome = TickOutcome.KILLED
-            elif flags.paused:
-                outcome = TickOutcome.PAUSED
-            elif not ctx.lease.held:
+            if not ctx.lease.held:
                 outcome = TickOutcome.ERROR
                 error = "lease lost"
             else:
-                if time.monotonic() >= ctx.housekeeping.next_rescue:
-                    # Expired claims are rare: look for them at most once a second, not on
-                    # the hot path of every tick (the sleep still wakes at each expiry).
-                    ctx.housekeeping.next_rescue = time.monotonic() + RESCUE_INTERVAL
-                    rescued = await _rescue(ctx)
-                claimed = await store.claim_actions(
+                got = await store.claim(
                     ctx.pool,
                     owner=ctx.lease.owner,
                     epoch=ctx.lease.epoch,
                     limit=ctx.settings.batch_size,
                     claim_ttl=ctx.settings.claim_ttl,
                 )
-                await run_batch(ctx, claimed, proof=flags.proof_mode, tick=tick, outcomes=outcomes)
-                await settle_writes(ctx)  # the previous tick's results land before ours
-                if claimed and ctx.lease.held:
-                    ctx.housekeeping.writing_failures = len(outcomes) < len(claimed) or any(
-                        o.error is not None for o in outcomes.values()
+                claimed = got.actions
+                if got.killed:
+                    outcome = TickOutcome.KILLED
+                elif got.paused:
+                    outcome = TickOutcome.PAUSED
+                else:
+                    await run_batch(
+                        ctx, claimed, proof=got.proof_mode, tick=tick, outcomes=outcomes
                     )
-                    ctx.housekeeping.writing = asyncio.get_running_loop().create_task(
-                        _write_behind(ctx, tick, claimed, outcomes, rescued, started),
-                        name=f"aol-tick-{tick}-write",
+                    if time.monotonic() >= ctx.housekeeping.next_rescue:
+                        # Expired claims are rare: look for them at most once a second, not on
+                        # the hot path of every tick (the sleep still wakes at each expiry).
+                        # Their actions are claimed from the next tick on.
+                        ctx.housekeeping.next_rescue = time.monotonic() + RESCUE_INTERVAL
+                        rescued = await _rescue(ctx)
+                    await settle_writes(ctx)  # the previous tick's results land before ours
+                    if claimed and ctx.lease.held:
+                        ctx.housekeeping.writing_failures = len(outcomes) < len(claimed) or any(
+                            o.error is not None for o in outcomes.values()
+                        )
+                        ctx.housekeeping.writing = asyncio.get_running_loop().create_task(
+                            _write_behind(ctx, tick, claimed, outcomes, rescued, started),
+                            name=f"aol-tick-{tick}-write",
+                        )
+                        return TickReport(
+                            tick=tick, outcome=TickOutcome.OK, claimed=len(claimed), deferred=True
+                        )
+                    results.update(await record_outcomes(ctx, list(outcomes.values()), tick=tick))
+                    outcome = policy.tick_outcome(
+                        claimed=len(claimed), timed_out=False, failed=False
                     )
-                    return TickReport(
-                        tick=tick, outcome=TickOutcome.OK, claimed=len(claimed), deferred=True
-                    )
-                results.update(await record_outcomes(ctx, list(outcomes.values()), tick=tick))
-                outcome = policy.tick_outcome(claimed=len(claimed), timed_out=False, failed=False)
     except TimeoutError:
         timed_out = True
         error = f"tick exceeded its timeout of {ctx.settings.tick_timeout:g}s"

@@ -126,6 +126,45 @@ async def test_a_claimer_with_a_stale_epoch_claims_nothing(pool: asyncpg.Pool[An
     assert await claim(pool, epoch=2) == [action_id]  # the current holder does claim it
 
 
+@pytest.mark.parametrize(
+    ("change", "seen"),
+    [
+        pytest.param({"paused": True}, (True, False), id="paused"),
+        pytest.param({"killed": True}, (False, True), id="killed"),
+    ],
+)
+async def test_a_paused_or_killed_claim_takes_nothing_and_says_why(
+    pool: asyncpg.Pool[Any], change: dict[str, bool], seen: tuple[bool, bool]
+) -> None:
+    await set_lease(pool, epoch=1)
+    action_id = await insert_action(pool)
+    await store.set_flags(pool, reason="test", **change)
+
+    got = await store.claim(pool, owner=OWNER, epoch=Epoch(1), limit=5, claim_ttl=30)
+
+    assert (got.paused, got.killed, got.actions) == (*seen, [])
+    assert (await row(pool, action_id))["status"] == "pending"
+    await store.set_flags(pool, reason="test", paused=False, killed=False)
+    got = await store.claim(pool, owner=OWNER, epoch=Epoch(1), limit=5, claim_ttl=30)
+    assert [a.id for a in got.actions] == [action_id]
+
+
+async def test_the_claim_carries_the_proof_flag_it_was_made_under(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    await set_lease(pool, epoch=1)
+    await insert_action(pool)
+    await insert_action(pool)
+    await store.set_flags(pool, reason="test", proof_mode=False)
+
+    got = await store.claim(pool, owner=OWNER, epoch=Epoch(1), limit=5, claim_ttl=30)
+
+    assert (got.proof_mode, got.paused, got.killed, len(got.actions)) == (False, False, False, 2)
+    await store.set_flags(pool, reason="test", proof_mode=True)
+    empty = await store.claim(pool, owner=OWNER, epoch=Epoch(1), limit=5, claim_ttl=30)
+    assert (empty.proof_mode, empty.actions) == (True, [])
+
+
 async def test_higher_priority_is_claimed_first_and_future_actions_wait(
     pool: asyncpg.Pool[Any],
 ) -> None:
