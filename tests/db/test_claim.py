@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from typing import Any
 
@@ -326,3 +327,31 @@ async def test_a_rescued_action_is_claimed_alone(pool: asyncpg.Pool[Any]) -> Non
 
     assert await claim(pool, limit=7) == [suspect]  # alone, though more were due
     assert sorted(await claim(pool, limit=7)) == normal  # then the others, together
+
+
+async def test_the_generic_plan_of_finish_actions_does_not_loop_over_its_input(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """After five runs a prepared statement may switch to a generic plan, which knows
+    nothing of the arrays' lengths. The finish must reach its rows through an index, not
+    by a nested loop over the unnested input (1,000 x 1,000 at a full batch)."""
+    sql = store.q("finish_actions")
+    async with pool.acquire() as conn:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute(
+            "PREPARE finish_probe (bigint[], bigint, integer[], bigint, double precision[], "
+            "text[], text[], text[]) AS " + sql
+        )
+        try:
+            plan = await conn.fetchval(
+                "EXPLAIN (FORMAT JSON) EXECUTE finish_probe("
+                "ARRAY[1, 2]::bigint[], 1, ARRAY[1, 1], 1, ARRAY[0.1, 0.1], "
+                "ARRAY[NULL, NULL]::text[], ARRAY[NULL, NULL]::text[], ARRAY[NULL, NULL]::text[])"
+            )
+        finally:
+            await conn.execute("DEALLOCATE finish_probe")
+            await conn.execute("RESET plan_cache_mode")
+    text = json.dumps(plan)
+    assert "Nested Loop" not in text, text
+    assert "Join Filter" not in text, text
+    assert "id = ANY ($1)" in text, text
