@@ -165,6 +165,12 @@ def migrate(ctx: click.Context, revision: str, force: bool) -> None:
 )
 @click.option("--handlers", multiple=True, help="Module(s) that register handlers (repeatable).")
 @click.option("--batch-size", type=int, default=None, help="Actions claimed per tick (3).")
+@click.option(
+    "--max-attempts",
+    type=int,
+    default=None,
+    help="Cap on attempts per action, below its own max_attempts (none).",
+)
 @click.option("--scan-interval", type=float, default=None, help="Safety-net scan, seconds (30).")
 @click.option("--lease-ttl", type=float, default=None, help="Lease TTL, seconds (30).")
 @click.option("--heartbeat-interval", type=float, default=None, help="Heartbeat, seconds (5).")

@@ -24,8 +24,13 @@ def next_run_at(now: datetime, attempt: int, *, base: float, cap: float) -> date
     return now + timedelta(seconds=backoff_delay(attempt, base=base, cap=cap))
 
 
-def after_failure(*, attempt: int, max_attempts: int, permanent: bool) -> AttemptResult:
-    """A failed attempt becomes `dead` when it is permanent or the last one, else `retry`."""
+def after_failure(
+    *, attempt: int, max_attempts: int, permanent: bool, cap: int | None = None
+) -> AttemptResult:
+    """A failed attempt becomes `dead` when it is permanent or the last one (by the action's
+    own `max_attempts`, or the worker's `cap` when lower), else `retry`."""
+    if cap is not None:
+        max_attempts = min(max_attempts, cap)
     if permanent or attempt >= max_attempts:
         return AttemptResult.DEAD
     return AttemptResult.RETRY

@@ -60,6 +60,8 @@ class Settings:
     embedded_dir: Path | None = None
     owner: str = field(default_factory=default_owner)
     batch_size: int = BATCH_SIZE_DEFAULT
+    # A cap on attempts over every action's own max_attempts (None: each action's own).
+    max_attempts: int | None = None
     lease_ttl: float = LEASE_TTL_DEFAULT
     heartbeat_interval: float = HEARTBEAT_INTERVAL_DEFAULT
     scan_interval: float = SCAN_INTERVAL_DEFAULT
@@ -112,6 +114,7 @@ _SOURCES: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "embedded_dir": ("AOL_EMBEDDED_DIR", lambda v: Path(v).expanduser(), "a folder path"),
     "owner": ("AOL_OWNER", str, "a name such as host:pid"),
     "batch_size": ("AOL_BATCH_SIZE", int, "an integer from 1 to 1000"),
+    "max_attempts": ("AOL_MAX_ATTEMPTS", int, "an integer >= 1"),
     "lease_ttl": ("AOL_LEASE_TTL", float, "seconds, > 0"),
     "heartbeat_interval": ("AOL_HEARTBEAT_INTERVAL", float, "seconds, > 0"),
     "scan_interval": ("AOL_SCAN_INTERVAL", float, "seconds, > 0"),
@@ -216,6 +219,8 @@ def validate(settings: Settings) -> None:
 
     if not 1 <= settings.batch_size <= 1000:
         raise bad("batch_size", "expected an integer from 1 to 1000")
+    if settings.max_attempts is not None and settings.max_attempts < 1:
+        raise bad("max_attempts", "expected an integer >= 1")
     for name in (
         "lease_ttl",
         "heartbeat_interval",

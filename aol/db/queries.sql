@@ -244,8 +244,8 @@ RETURNING action_id;
 -- name: rescue_expired_claims
 -- Claims whose validity has passed belong to a worker that died or lost its lease. Each
 -- returns to retry, or to dead when it has used its last attempt. Only the lease holder
--- at epoch $1 rescues.
--- $1 epoch
+-- at epoch $1 rescues. $2 caps every action's own max_attempts (NULL: no cap).
+-- $1 epoch, $2 worker's attempt cap or NULL
 -- A claim of an older epoch is also rescued once the previous holder's lease has expired:
 -- that holder has stopped executing by then (it stops when it cannot renew).
 WITH lease AS (
@@ -259,8 +259,10 @@ WITH lease AS (
        FOR UPDATE OF a SKIP LOCKED
 ), moved AS (
     UPDATE aol.actions a
-       SET status = CASE WHEN a.attempts >= a.max_attempts THEN 'dead' ELSE 'retry' END,
-           finished_at = CASE WHEN a.attempts >= a.max_attempts THEN now() END,
+       SET status = CASE WHEN a.attempts >= least(a.max_attempts, $2::integer)
+                         THEN 'dead' ELSE 'retry' END,
+           finished_at = CASE WHEN a.attempts >= least(a.max_attempts, $2::integer)
+                              THEN now() END,
            not_before = now(), updated_at = now(), rescues = a.rescues + 1,
            last_error = format('attempt %s: claim by %s (epoch %s) expired at %s before '
                                'the attempt finished', a.attempts, a.claimed_by,

@@ -368,8 +368,11 @@ async def cancel_running_action(
     return value is not None
 
 
-async def rescue_expired_claims(db: Executor, *, epoch: Epoch) -> list[tuple[ActionId, str]]:
-    rows = await db.fetch(q("rescue_expired_claims"), epoch)
+async def rescue_expired_claims(
+    db: Executor, *, epoch: Epoch, max_attempts: int | None = None
+) -> list[tuple[ActionId, str]]:
+    """Rescue expired claims; `max_attempts` caps every action's own (None: no cap)."""
+    rows = await db.fetch(q("rescue_expired_claims"), epoch, max_attempts)
     return [(ActionId(r["id"]), str(r["status"])) for r in rows]
 
 

@@ -321,6 +321,7 @@ async def record_failure(
         attempt=action.attempts,
         max_attempts=action.max_attempts,
         permanent=isinstance(error, PermanentError),
+        cap=ctx.settings.max_attempts,
     )
     result = AttemptResult.DEAD if verdict is AttemptResult.DEAD else AttemptResult.RETRY
     try:

@@ -208,7 +208,9 @@ def _report(
 
 
 async def _rescue(ctx: WorkerContext) -> int:
-    rescued = await store.rescue_expired_claims(ctx.pool, epoch=ctx.lease.epoch)
+    rescued = await store.rescue_expired_claims(
+        ctx.pool, epoch=ctx.lease.epoch, max_attempts=ctx.settings.max_attempts
+    )
     for action_id, status in rescued:
         log.warning("action_rescued", action_id=action_id, status=status, epoch=ctx.lease.epoch)
     return len(rescued)

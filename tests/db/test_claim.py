@@ -304,6 +304,24 @@ async def test_rescue_moves_expired_claims_to_retry_or_dead_and_leaves_live_ones
     assert await claim(pool, epoch=2) == [to_retry]  # runnable again; the dead one is not
 
 
+async def test_a_workers_attempt_cap_dead_letters_a_rescue_below_the_actions_own_limit(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    await set_lease(pool, epoch=2, previous_expires="now() + interval '1 hour'")
+    cols: dict[str, Any] = {"status": "running", "claim_epoch": 1, "claimed_by": "old"}
+    expired = "now() - interval '1 second'"
+    first = await insert_action(
+        pool, **cols, attempts=1, max_attempts=5, sql_claim_expires_at=expired
+    )
+    second = await insert_action(
+        pool, **cols, attempts=2, max_attempts=5, sql_claim_expires_at=expired
+    )
+
+    rescued = await store.rescue_expired_claims(pool, epoch=Epoch(2), max_attempts=2)
+
+    assert rescued == [(first, "retry"), (second, "dead")]
+
+
 async def test_claims_of_an_earlier_epoch_are_rescued_once_the_previous_lease_expired(
     pool: asyncpg.Pool[Any],
 ) -> None:

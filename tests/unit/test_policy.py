@@ -65,3 +65,19 @@ def test_sleep_is_bounded_by_the_scan_and_the_next_due_action() -> None:
     assert policy.sleep_seconds(now=NOW, next_due=late, scan_interval=30) == 30
     past = NOW - timedelta(seconds=1)
     assert policy.sleep_seconds(now=NOW, next_due=past, scan_interval=30) == 0
+
+
+@pytest.mark.parametrize(
+    ("attempt", "own", "cap", "expected"),
+    [
+        (2, 5, 2, AttemptResult.DEAD),  # the worker's cap is lower: it wins
+        (1, 5, 2, AttemptResult.RETRY),
+        (3, 3, 10, AttemptResult.DEAD),  # the action's own limit is lower: it wins
+        (2, 3, None, AttemptResult.RETRY),  # no cap
+    ],
+)
+def test_a_workers_cap_lowers_an_actions_own_max_attempts(
+    attempt: int, own: int, cap: int | None, expected: AttemptResult
+) -> None:
+    got = policy.after_failure(attempt=attempt, max_attempts=own, permanent=False, cap=cap)
+    assert got is expected

@@ -58,6 +58,7 @@ def test_a_bad_environment_value_names_the_variable_the_value_and_the_shape() ->
         ({"action_timeout": 30.0, "tick_timeout": 20.0}, "must not exceed the tick timeout"),
         ({"log_format": "xml"}, "json or console"),
         ({"success_log": "never"}, "each or tick"),
+        ({"max_attempts": 0}, "--max-attempts"),
         ({"scan_interval": 0.0}, "--scan-interval"),
     ],
 )

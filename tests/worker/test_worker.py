@@ -524,3 +524,16 @@ async def test_success_log_each_writes_a_line_per_success(
     assert sorted(line["action_id"] for line in done) == sorted(ok_ids)
     assert all(line["attempt"] == 1 and line["tick"] == 1 for line in done)
     assert "actions_succeeded" not in [line["event"] for line in lines]
+
+
+async def test_the_workers_attempt_cap_dead_letters_before_the_actions_own_limit(
+    settings: Settings, db_url: str, pool: asyncpg.Pool[Any]
+) -> None:
+    action_id = await insert_action(pool, action_type=h.FAIL, max_attempts=5)
+
+    capped = settings.with_(max_attempts=2, backoff_base=0.05, backoff_max=0.1)
+    async with h.background_worker(capped, db_url, h.registry()):
+        row = await h.wait_status(pool, action_id, "dead", timeout=5.0)
+
+    assert (row["attempts"], row["max_attempts"]) == (2, 5)
+    assert await h.events(pool, action_id) == ["action_retry_scheduled", "action_dead"]
