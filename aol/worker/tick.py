@@ -87,24 +87,10 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
                     await run_batch(
                         ctx, claimed, proof=got.proof_mode, tick=tick, outcomes=outcomes
                     )
-                    if time.monotonic() >= ctx.housekeeping.next_rescue:
-                        # Expired claims are rare: look for them at most once a second, not on
-                        # the hot path of every tick (the sleep still wakes at each expiry).
-                        # Their actions are claimed from the next tick on.
-                        ctx.housekeeping.next_rescue = time.monotonic() + RESCUE_INTERVAL
-                        rescued = await _rescue(ctx)
+                    rescued = await _rescue_when_due(ctx)
                     await settle_writes(ctx)  # the previous tick's results land before ours
                     if claimed and ctx.lease.held:
-                        ctx.housekeeping.writing_failures = len(outcomes) < len(claimed) or any(
-                            o.error is not None for o in outcomes.values()
-                        )
-                        ctx.housekeeping.writing = asyncio.get_running_loop().create_task(
-                            _write_behind(ctx, tick, claimed, outcomes, rescued, started),
-                            name=f"aol-tick-{tick}-write",
-                        )
-                        return TickReport(
-                            tick=tick, outcome=TickOutcome.OK, claimed=len(claimed), deferred=True
-                        )
+                        return _write_behind(ctx, tick, claimed, outcomes, rescued, started)
                     results.update(await record_outcomes(ctx, list(outcomes.values()), tick=tick))
                     outcome = policy.tick_outcome(
                         claimed=len(claimed), timed_out=False, failed=False
@@ -161,7 +147,25 @@ async def settle_writes(ctx: WorkerContext) -> None:
     ctx.housekeeping.writing = None
 
 
-async def _write_behind(
+def _write_behind(
+    ctx: WorkerContext,
+    tick: int,
+    claimed: list[Action],
+    outcomes: dict[int, Outcome],
+    rescued: int,
+    started: float,
+) -> TickReport:
+    """Hand the tick's results to a task (see the module's docstring); its report says so."""
+    ctx.housekeeping.writing_failures = len(outcomes) < len(claimed) or any(
+        o.error is not None for o in outcomes.values()
+    )
+    ctx.housekeeping.writing = asyncio.get_running_loop().create_task(
+        _write(ctx, tick, claimed, outcomes, rescued, started), name=f"aol-tick-{tick}-write"
+    )
+    return TickReport(tick=tick, outcome=TickOutcome.OK, claimed=len(claimed), deferred=True)
+
+
+async def _write(
     ctx: WorkerContext,
     tick: int,
     claimed: list[Action],
@@ -169,7 +173,7 @@ async def _write_behind(
     rescued: int,
     started: float,
 ) -> None:
-    """Write a full tick's results and its ledger row, as `run_tick` would have."""
+    """Write a tick's results and its ledger row, as `run_tick` would have."""
     results: dict[int, AttemptResult] = {}
     outcome, error = TickOutcome.OK, None
     try:
@@ -207,7 +211,13 @@ def _report(
     )
 
 
-async def _rescue(ctx: WorkerContext) -> int:
+async def _rescue_when_due(ctx: WorkerContext) -> int:
+    """Expired claims are rare: look for them at most once a second, not on the hot path of
+    every tick (the sleep still wakes at each expiry). Their actions are claimed from the
+    next tick on."""
+    if time.monotonic() < ctx.housekeeping.next_rescue:
+        return 0
+    ctx.housekeeping.next_rescue = time.monotonic() + RESCUE_INTERVAL
     rescued = await store.rescue_expired_claims(
         ctx.pool, epoch=ctx.lease.epoch, max_attempts=ctx.settings.max_attempts
     )
