@@ -267,13 +267,6 @@ async def claim(db: Executor, *, owner: str, epoch: Epoch, limit: int, claim_ttl
     return Claim(first["paused"], first["killed"], first["proof_mode"], actions)
 
 
-async def claim_actions(
-    db: Executor, *, owner: str, epoch: Epoch, limit: int, claim_ttl: float
-) -> list[Action]:
-    """Just the claimed actions (see `claim`)."""
-    return (await claim(db, owner=owner, epoch=epoch, limit=limit, claim_ttl=claim_ttl)).actions
-
-
 async def finish_actions(
     db: Executor,
     *,

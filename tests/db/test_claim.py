@@ -33,10 +33,8 @@ async def set_lease(
 
 
 async def claim(db: store.Executor, *, epoch: int = 1, limit: int = LIMIT) -> list[int]:
-    claimed = await store.claim_actions(
-        db, owner=OWNER, epoch=Epoch(epoch), limit=limit, claim_ttl=30
-    )
-    return [a.id for a in claimed]
+    got = await store.claim(db, owner=OWNER, epoch=Epoch(epoch), limit=limit, claim_ttl=30)
+    return [a.id for a in got.actions]
 
 
 async def row(db: asyncpg.Pool[Any], action_id: int) -> dict[str, Any]:
@@ -113,10 +111,10 @@ async def test_a_claimer_with_a_stale_epoch_claims_nothing(pool: asyncpg.Pool[An
     action_id = await insert_action(pool)
 
     assert await claim(pool, epoch=1) == []
-    other_owner = await store.claim_actions(
+    other_owner = await store.claim(
         pool, owner="someone-else", epoch=Epoch(2), limit=5, claim_ttl=30
     )
-    assert other_owner == []
+    assert other_owner.actions == []
 
     untouched = await row(pool, action_id)
     assert (untouched["status"], untouched["attempts"], untouched["claim_epoch"]) == (

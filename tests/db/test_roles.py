@@ -186,7 +186,7 @@ async def test_the_worker_claims_and_finishes_through_the_store(
             conn, action_type="T", payload={}, idempotency_key="by-worker"
         )
 
-        claimed = await store.claim_actions(conn, owner="w", epoch=epoch, limit=4, claim_ttl=30)
+        claimed = (await store.claim(conn, owner="w", epoch=epoch, limit=4, claim_ttl=30)).actions
         assert sorted(a.id for a in claimed) == seeded
         a, b, c, d = claimed
         common: dict[str, Any] = {"epoch": epoch, "attempt": 1, "tick": 1}
