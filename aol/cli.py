@@ -172,6 +172,13 @@ def migrate(ctx: click.Context, revision: str, force: bool) -> None:
     help="Cap on attempts per action, below its own max_attempts (none).",
 )
 @click.option("--scan-interval", type=float, default=None, help="Safety-net scan, seconds (30).")
+@click.option(
+    "--busy-poll",
+    type=float,
+    default=None,
+    help="While a tick finds several actions waiting, claim again after this many seconds "
+    "instead of sleeping until notified; 0 turns it off (0.002).",
+)
 @click.option("--lease-ttl", type=float, default=None, help="Lease TTL, seconds (30).")
 @click.option("--heartbeat-interval", type=float, default=None, help="Heartbeat, seconds (5).")
 @click.option("--tick-timeout", type=float, default=None, help="Tick timeout, seconds (20).")

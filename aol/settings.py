@@ -20,6 +20,9 @@ BATCH_SIZE_DEFAULT = 3
 LEASE_TTL_DEFAULT = 30.0
 HEARTBEAT_INTERVAL_DEFAULT = 5.0
 SCAN_INTERVAL_DEFAULT = 30.0
+# While actions arrive faster than a tick, the worker claims again this often instead of
+# sleeping until notified (so enqueuers do not notify it); 0 turns it off.
+BUSY_POLL_DEFAULT = 0.002
 TICK_TIMEOUT_DEFAULT = 20.0
 ACTION_TIMEOUT_DEFAULT = 15.0
 CLAIM_GRACE_DEFAULT = 10.0
@@ -65,6 +68,7 @@ class Settings:
     lease_ttl: float = LEASE_TTL_DEFAULT
     heartbeat_interval: float = HEARTBEAT_INTERVAL_DEFAULT
     scan_interval: float = SCAN_INTERVAL_DEFAULT
+    busy_poll: float = BUSY_POLL_DEFAULT
     tick_timeout: float = TICK_TIMEOUT_DEFAULT
     action_timeout: float = ACTION_TIMEOUT_DEFAULT
     claim_grace: float = CLAIM_GRACE_DEFAULT
@@ -118,6 +122,7 @@ _SOURCES: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "lease_ttl": ("AOL_LEASE_TTL", float, "seconds, > 0"),
     "heartbeat_interval": ("AOL_HEARTBEAT_INTERVAL", float, "seconds, > 0"),
     "scan_interval": ("AOL_SCAN_INTERVAL", float, "seconds, > 0"),
+    "busy_poll": ("AOL_BUSY_POLL", float, "seconds, >= 0"),
     "tick_timeout": ("AOL_TICK_TIMEOUT", float, "seconds, > 0"),
     "action_timeout": ("AOL_ACTION_TIMEOUT", float, "seconds, > 0"),
     "claim_grace": ("AOL_CLAIM_GRACE", float, "seconds, >= 0"),
@@ -232,7 +237,7 @@ def validate(settings: Settings) -> None:
             raise bad(name, "expected seconds > 0")
     if settings.action_timeout <= 0:
         raise bad("action_timeout", "expected seconds > 0")
-    for name in ("claim_grace", "backoff_base", "backoff_max", "shutdown_grace"):
+    for name in ("busy_poll", "claim_grace", "backoff_base", "backoff_max", "shutdown_grace"):
         if getattr(settings, name) < 0:
             raise bad(name, "expected seconds >= 0")
     if settings.heartbeat_interval * 2 > settings.lease_ttl:

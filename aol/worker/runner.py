@@ -219,6 +219,10 @@ async def _ticks(
             continue
         if report.claimed >= settings.batch_size and report.outcome is TickOutcome.OK:
             continue  # a full batch: more work is probably waiting
+        if _busy(report, settings):
+            rechecked = False
+            await _sleep(settings.busy_poll, listener.wake, stop, lease.lost)
+            continue
         delay = await _go_idle(ctx, listener, report, rechecked, stop)
         # An action that fell due between the claim and the look at the clock gets one
         # immediate tick; a second empty one in a row means the due rows are locked
@@ -230,6 +234,19 @@ async def _ticks(
     if stop.is_set():
         log.info("worker_stopping", owner=lease.owner, epoch=lease.epoch)
     return EXIT_OK if lease.held else EXIT_LEASE_LOST
+
+
+def _busy(report: TickReport, settings: Settings) -> bool:
+    """More than one action found waiting: they arrive faster than the worker ticks. Then
+    it claims again after `busy_poll` instead of sleeping on the wake-up lock, so that the
+    enqueuers of a busy queue do not notify (every notifying commit takes the notification
+    queue's lock, which serialises committers); the first claim that finds at most one
+    action sends it back to sleeping until notified."""
+    return (
+        settings.busy_poll > 0
+        and report.outcome is TickOutcome.OK
+        and 1 < report.claimed < settings.batch_size
+    )
 
 
 async def _tick_with_grace(

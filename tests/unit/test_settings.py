@@ -60,6 +60,7 @@ def test_a_bad_environment_value_names_the_variable_the_value_and_the_shape() ->
         ({"success_log": "never"}, "each or tick"),
         ({"max_attempts": 0}, "--max-attempts"),
         ({"scan_interval": 0.0}, "--scan-interval"),
+        ({"busy_poll": -0.001}, "--busy-poll"),
     ],
 )
 def test_impossible_combinations_are_refused(flags: dict[str, object], fragment: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import asyncpg
@@ -112,3 +113,49 @@ async def test_a_long_enqueue_transaction_is_seen_soon_after_it_commits(
         await h.wait_status(pool, action_id, "succeeded", timeout=5.0)
         elapsed = time.monotonic() - committed
     assert elapsed < 1.0, f"found {elapsed:.2f}s after its commit"
+
+
+async def count_wakeups(db_url: str, during: Awaitable[None]) -> int:
+    """Notifications on the wake-up channel (flags aside) while `during` runs."""
+    heard: list[str] = []
+    conn: asyncpg.Connection[Any] = await asyncpg.connect(db_url)
+    try:
+        await conn.add_listener(store.WAKEUP_CHANNEL, lambda *args: heard.append(str(args[3])))
+        await during
+        await asyncio.sleep(0.2)  # the last ones in transit
+    finally:
+        await conn.close()
+    return sum(1 for payload in heard if payload != "flags")
+
+
+async def test_enqueuers_of_a_busy_queue_do_not_notify_the_worker_that_polls_it(
+    settings: Settings, db_url: str, pool: asyncpg.Pool[Any]
+) -> None:
+    """Eight enqueuers without pause: each tick finds several actions waiting, so the
+    worker claims again after `busy_poll` instead of sleeping on the wake-up lock, and the
+    enqueuers, finding it awake, do not notify. (With busy polling off, it sleeps after
+    each tick and every commit that finds it asleep notifies: a third to a half of them.)"""
+    per_enqueuer = 150
+
+    async def enqueuer(n: int) -> None:
+        for i in range(per_enqueuer):
+            await client.enqueue(pool, h.OK, {}, idempotency_key=f"b{n}-{i}")
+
+    async def burst() -> None:
+        await asyncio.gather(*(enqueuer(n) for n in range(8)))
+
+    settings = settings.with_(scan_interval=IDLE_SCAN, batch_size=1000, busy_poll=0.02)
+    total = 8 * per_enqueuer
+    async with h.background_worker(settings, db_url, h.registry()):
+        await h.wait_outcome(pool, "idle")
+        notified = await count_wakeups(db_url, burst())
+
+        async def all_done() -> bool:
+            return await h.statuses(pool) == {"succeeded": total}
+
+        await wait_for(all_done, timeout=30, what=f"all {total} actions to succeed")
+    assert notified < total // 10, f"{notified} of {total} commits notified a busy worker"
+    slowest = await pool.fetchval(
+        "SELECT max(extract(epoch FROM claimed_at - created_at)) FROM aol.actions"
+    )
+    assert slowest < 2.0, f"an action waited {slowest:.1f}s while the worker polled"
