@@ -249,3 +249,19 @@ async def test_enqueue_many_refuses_arrays_of_different_lengths(pool: asyncpg.Po
             "SELECT * FROM aol.enqueue_many(ARRAY['T','T'], ARRAY['{}'::jsonb], ARRAY['a','b'])"
         )
     assert caught.value.sqlstate == "22023"
+
+
+async def test_payload_checks_run_when_a_payload_is_written_not_on_every_update(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """They are constraints of the payload's domain (migration 0007): a claim or a finish
+    leaves the payload alone and does not pay for reading it again."""
+    action_id = await pool.fetchval("SELECT aol.enqueue('T', '{\"a\": 1}'::jsonb, 'k')")
+    await pool.execute(
+        "ALTER DOMAIN aol.action_payload ADD CONSTRAINT refuse_all CHECK (false) NOT VALID"
+    )
+    await pool.execute("UPDATE aol.actions SET priority = 5 WHERE id = $1", action_id)
+    with pytest.raises(asyncpg.CheckViolationError) as caught:
+        await pool.execute("UPDATE aol.actions SET payload = '{}' WHERE id = $1", action_id)
+    assert caught.value.constraint_name == "refuse_all"
+    assert await pool.fetchval("SELECT priority FROM aol.actions WHERE id = $1", action_id) == 5

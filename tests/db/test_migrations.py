@@ -121,3 +121,42 @@ async def test_a_downgrade_that_would_drop_stored_actions_needs_force(
     )
     assert forced.returncode == 0, forced.stderr
     assert await pool.fetchval("SELECT to_regnamespace('aol')") is None
+
+
+async def test_0007_moves_the_payload_checks_to_a_domain_without_rewriting_the_table(
+    empty_db_url: str,
+) -> None:
+    await upgrade(empty_db_url, "0006")
+    conn: asyncpg.Connection[Any] = await asyncpg.connect(empty_db_url)
+    try:
+        await conn.execute(
+            "INSERT INTO aol.actions (idempotency_key, action_type, payload) "
+            "SELECT 'k' || g, 'T', jsonb_build_object('n', g) FROM generate_series(1, 100) g"
+        )
+        filenode = await conn.fetchval("SELECT pg_relation_filenode('aol.actions')")
+        stored = await conn.fetch("SELECT id, payload::text FROM aol.actions ORDER BY id")
+
+        async def refused_by() -> str | None:
+            with pytest.raises(asyncpg.CheckViolationError) as caught:
+                await conn.execute(
+                    "INSERT INTO aol.actions (idempotency_key, action_type, payload) "
+                    "VALUES ('bad', 'T', '[1]')"
+                )
+            return caught.value.constraint_name
+
+        await upgrade(empty_db_url)
+        assert await conn.fetchval("SELECT pg_relation_filenode('aol.actions')") == filenode
+        assert await conn.fetch("SELECT id, payload::text FROM aol.actions ORDER BY id") == stored
+        assert await refused_by() == "actions_payload_is_object"
+        domain = await conn.fetchval(
+            "SELECT count(*) FROM pg_constraint WHERE contypid = 'aol.action_payload'::regtype "
+            "AND convalidated"
+        )
+        assert domain == 2
+
+        await downgrade(empty_db_url, "0006")
+        assert await conn.fetch("SELECT id, payload::text FROM aol.actions ORDER BY id") == stored
+        assert await refused_by() == "actions_payload_is_object"
+        assert await conn.fetchval("SELECT to_regtype('aol.action_payload')") is None
+    finally:
+        await conn.close()
