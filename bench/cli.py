@@ -23,7 +23,7 @@ import time
 import traceback
 from typing import Any
 
-from bench import db, probe, profile, report
+from bench import db, payload, probe, profile, report
 from bench.config import DEFAULT_DATABASE_URL, RESULTS_DIR, SCENARIOS, Config, Run
 from bench.scenarios import SCENARIO_FUNCS
 from bench.systems import SYSTEM_NAMES, Aol, PgQueuer, Procrastinate, System
@@ -163,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="batch size (or procrastinate concurrency); default: the run's profile",
     )
 
+    pay = sub.add_parser("payload", help="aol's claim and finish times by payload size, per schema")
+    _common(pay)
+    payload.add_arguments(pay)
+
     clean = sub.add_parser("cleanup", help="drop aol_bench_* databases left behind")
     _common(clean)
 
@@ -178,6 +182,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "tune",
         "probe",
         "profile",
+        "payload",
         "cleanup",
         "report",
         "-h",
@@ -344,4 +349,6 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(probe.main(args, say))
     if args.command == "profile":
         return asyncio.run(profile.main(args, say))
+    if args.command == "payload":
+        return asyncio.run(payload.main(args, say))
     return asyncio.run(run_benchmark(args, argv))

@@ -197,7 +197,9 @@ async def hot_path(admin_url: str, n: int, batch: int, variant: str, say: Say) -
                 tick += 1
                 t_tick = time.perf_counter()
                 await timer("read_flags", pool.fetchrow(q("read_flags")))
-                await timer("rescue_expired_claims", pool.fetch(q("rescue_expired_claims"), epoch))
+                await timer(
+                    "rescue_expired_claims", pool.fetch(q("rescue_expired_claims"), epoch, None)
+                )
                 rows = await timer(
                     "claim_actions", pool.fetch(q("claim_actions"), OWNER, epoch, batch, 30.0)
                 )
