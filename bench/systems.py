@@ -112,6 +112,10 @@ SELECT to_regprocedure(
 ) IS NOT NULL
 """
 AOL_ENQUEUE = "SELECT aol.enqueue($1, $2::jsonb, $3)"
+AOL_REMAINING = """
+SELECT (SELECT count(*) FROM aol.actions WHERE status IN ('pending', 'retry'))
+     + (SELECT count(*) FROM aol.actions WHERE status = 'running')
+"""
 VIA_MANY = "aol.enqueue_many (one call per batch)"
 VIA_INSERT = "one INSERT INTO aol.actions ... SELECT FROM unnest($1::text[]) per batch"
 
@@ -209,11 +213,10 @@ class Aol:
         return {}
 
     async def remaining(self, conn: asyncpg.Connection[Any]) -> int:
-        return int(
-            await conn.fetchval(
-                "SELECT count(*) FROM aol.actions WHERE status IN ('pending', 'retry', 'running')"
-            )
-        )
+        # Each count matches a partial index's predicate, so it reads only the unfinished
+        # rows; `status IN` the three of them matched none, and scanned the whole table
+        # (a parallel scan of 68 ms per 10 ms poll with 1,000,000 finished rows).
+        return int(await conn.fetchval(AOL_REMAINING))
 
     async def extra(self, conn: asyncpg.Connection[Any]) -> dict[str, Any]:
         """What the tick ledger says about the ticks that claimed something."""
