@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop measuring a backlog level after this long (15; quick 5)",
     )
     run.add_argument(
+        "--drain-passes",
+        type=int,
+        default=None,
+        help="drains per system, each in a fresh database; best pass kept (3; quick 1)",
+    )
+    run.add_argument(
         "--backlog-passes",
         type=int,
         default=None,
@@ -206,6 +212,7 @@ def config_from(args: argparse.Namespace) -> Config:
         "backlog_runnable": args.backlog_runnable,
         "backlog_max_seconds": args.backlog_seconds,
         "backlog_passes": args.backlog_passes,
+        "drain_passes": args.drain_passes,
         "aol_batch_size": args.aol_batch_size,
         "aol_success_log": args.aol_success_log,
         "pgqueuer_batch_size": args.pgqueuer_batch_size,

@@ -109,6 +109,23 @@ async def _wait_drained(
 async def drain(
     system: System, cfg: Config, run: Run, say: Say, profile: Path | None = None
 ) -> dict[str, Any]:
+    """`cfg.drain_passes` drains (one when profiling), each in a fresh database; the pass
+    with the best processing rate is kept, with every pass's rate beside it, and every job
+    must have run exactly once in every pass. On a shared machine noise only ever slows a
+    pass down."""
+    passes = 1 if profile is not None else max(1, cfg.drain_passes)
+    results = [await _drain_once(system, cfg, run, say, profile) for _ in range(passes)]
+    best = max(results, key=lambda r: float(r["metrics"]["processing_rate"]))
+    best["metrics"]["processing_rates_all_passes"] = [
+        r["metrics"]["processing_rate"] for r in results
+    ]
+    best["verification"]["ok"] = all(r["verification"]["ok"] for r in results)
+    return best
+
+
+async def _drain_once(
+    system: System, cfg: Config, run: Run, say: Say, profile: Path | None
+) -> dict[str, Any]:
     """With `profile`, py-spy samples the worker from the start signal to the end of the
     drain and writes folded stacks there."""
     n = cfg.n
