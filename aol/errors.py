@@ -27,6 +27,10 @@ class SchemaMismatch(AolError):
     """The database schema is not at a revision this aol knows."""
 
 
+class MigrationFailed(AolError):
+    """A schema migration failed; its transaction was rolled back."""
+
+
 class PermissionDenied(AolError):
     """The database role aol connected as lacks a right this operation needs."""
 

@@ -9,11 +9,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from aol.db.connect import asyncpg_dsn, sqlalchemy_url
-from aol.errors import ConfigError, SchemaMismatch
+from aol.errors import ConfigError, MigrationFailed, SchemaMismatch
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 
@@ -61,6 +62,13 @@ async def _run(url: str, fn: Any, *args: Any) -> None:
     try:
         async with engine.begin() as conn:
             await conn.run_sync(run)
+    except DBAPIError as exc:
+        # Every step runs in the one transaction (migrations/env.py), so nothing changed.
+        cause = exc.orig.__cause__ if exc.orig is not None else None
+        raise MigrationFailed(
+            f"migrating schema aol to {args[0] if args else '?'} failed and was rolled back, "
+            f"so the schema is as it was: {cause or exc.orig}"
+        ) from exc
     finally:
         await engine.dispose()
 

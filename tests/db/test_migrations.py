@@ -160,3 +160,25 @@ async def test_0007_moves_the_payload_checks_to_a_domain_without_rewriting_the_t
         assert await conn.fetchval("SELECT to_regtype('aol.action_payload')") is None
     finally:
         await conn.close()
+
+
+async def test_a_failing_migration_is_rolled_back_and_named(empty_db_url: str) -> None:
+    await upgrade(empty_db_url, "0006")
+    conn: asyncpg.Connection[Any] = await asyncpg.connect(empty_db_url)
+    try:
+        await conn.execute("SELECT aol.enqueue('T', '{}'::jsonb, 'kept')")
+        await conn.execute("CREATE DOMAIN aol.action_payload AS text")  # in 0007's way
+        before = await snapshot(empty_db_url)
+        command = [sys.executable, "-m", "aol", "--database-url", empty_db_url, "migrate"]
+        failed = await asyncio.to_thread(
+            subprocess.run, command, capture_output=True, text=True, timeout=60
+        )
+        assert failed.returncode == 1
+        assert "Traceback" not in failed.stderr
+        assert "migrating schema aol to head failed and was rolled back" in failed.stderr
+        assert 'type "action_payload" already exists' in failed.stderr
+        assert await store.read_schema_revision(conn) == "0006"
+        assert await snapshot(empty_db_url) == before
+        assert await conn.fetchval("SELECT count(*) FROM aol.actions") == 1
+    finally:
+        await conn.close()
