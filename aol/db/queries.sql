@@ -448,7 +448,13 @@ BEGIN
                    v_enqueuer, v_worker);
 
     EXECUTE format('GRANT SELECT ON public.aol_alembic_version TO %I, %I', v_worker, v_operator);
-    EXECUTE format('GRANT SELECT, UPDATE ON aol.actions, aol.lease TO %I', v_worker);
+    EXECUTE format('GRANT SELECT, UPDATE ON aol.lease TO %I', v_worker);
+    -- An action's state only: what it is (type, payload, key, priority) and how often it
+    -- may run (max_attempts) belong to the enqueuer and the operator.
+    EXECUTE format('GRANT SELECT ON aol.actions TO %I', v_worker);
+    EXECUTE format('GRANT UPDATE (status, attempts, claimed_by, claim_epoch, claimed_at, '
+                   'claim_expires_at, not_before, last_error, finished_at, updated_at, rescues) '
+                   'ON aol.actions TO %I', v_worker);
     EXECUTE format('GRANT SELECT ON aol.control_flags TO %I', v_worker);
     EXECUTE format('GRANT INSERT ON aol.execution_logs, aol.tick_ledger TO %I', v_worker);
     -- INSERT ... RETURNING action_id, and the ON CONFLICT arbiter of record_tick, read these.

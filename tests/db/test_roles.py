@@ -238,6 +238,13 @@ async def test_the_worker_claims_and_finishes_through_the_store(
                 FLAGS_BY_FUNCTION,
                 NEW_ACTION,
                 "DELETE FROM aol.actions",
+                # what an action is and how often it may run are the enqueuer's and the
+                # operator's: the worker writes only an action's state
+                "UPDATE aol.actions SET payload = '{}'",
+                "UPDATE aol.actions SET action_type = 'X'",
+                "UPDATE aol.actions SET idempotency_key = id::text",
+                "UPDATE aol.actions SET priority = 9",
+                "UPDATE aol.actions SET max_attempts = 1000",
                 "DELETE FROM aol.execution_logs",
                 "UPDATE aol.execution_logs SET message = 'rewritten'",
                 "SELECT message FROM aol.execution_logs",
