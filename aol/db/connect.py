@@ -76,10 +76,26 @@ async def connect(url: str, *, application_name: str = "aol") -> asyncpg.Connect
     return conn
 
 
+async def _keep_session(_conn: asyncpg.Connection[Any]) -> None:
+    """A release without asyncpg's reset query (see `create_pool`)."""
+
+
 async def create_pool(
-    url: str, *, min_size: int = 1, max_size: int = 10, application_name: str = "aol"
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    application_name: str = "aol",
+    reset_session: bool = True,
 ) -> asyncpg.Pool[Any]:
-    """The shared pool for claims, results and client calls."""
+    """The shared pool for claims, results and client calls.
+
+    By default asyncpg resets a connection's session when it is released (one round trip:
+    unlock advisory locks, close cursors, UNLISTEN, RESET ALL). With `reset_session=False`
+    that query is skipped; an open transaction is still rolled back. Only for a pool whose
+    users leave no session state behind: the worker's, where the advisory locks, LISTEN and
+    timeouts live on dedicated connections, and every pooled statement is stateless.
+    """
     try:
         pool: asyncpg.Pool[Any] = await asyncpg.create_pool(
             asyncpg_dsn(url),
@@ -88,6 +104,7 @@ async def create_pool(
             timeout=CONNECT_TIMEOUT,
             init=init_connection,
             server_settings={"application_name": application_name},
+            reset=None if reset_session else _keep_session,
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise unavailable(url, exc) from exc

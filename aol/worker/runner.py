@@ -157,7 +157,15 @@ async def _serve(
     ticks: int | None,
     metrics: WorkerMetrics,
 ) -> int:
-    pool = await create_pool(url, min_size=1, max_size=min(settings.batch_size + 2, POOL_MAX_SIZE))
+    # Nothing on the worker's pool leaves session state (the locks and LISTEN have their own
+    # connections), so releases skip asyncpg's reset query: one round trip less a statement.
+    pool = await create_pool(
+        url,
+        min_size=1,
+        max_size=min(settings.batch_size + 2, POOL_MAX_SIZE),
+        application_name=f"aol-worker {lease.owner}",
+        reset_session=False,
+    )
     listener: Listener | Quiet = (
         Listener(url, store.WAKEUP_CHANNEL, application_name=f"aol-listen {lease.owner}")
         if settings.listen

@@ -537,3 +537,23 @@ async def test_the_workers_attempt_cap_dead_letters_before_the_actions_own_limit
 
     assert (row["attempts"], row["max_attempts"]) == (2, 5)
     assert await h.events(pool, action_id) == ["action_retry_scheduled", "action_dead"]
+
+
+async def test_the_worker_pool_skips_the_session_reset_on_release(
+    settings: Settings, db_url: str, pool: asyncpg.Pool[Any]
+) -> None:
+    """Its statements leave no session state (the locks and LISTEN have their own
+    connections), so a release costs no reset query; its sessions are named after it."""
+    ids = [await client.enqueue(pool, h.OK, {}, idempotency_key=f"r{i}") for i in range(6)]
+    async with h.background_worker(settings, db_url, h.registry()):
+        for action_id in ids:
+            await h.wait_status(pool, action_id, "succeeded")
+        await h.wait_outcome(pool, "idle")
+        rows = await pool.fetch(
+            "SELECT query FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = $1",
+            f"aol-worker {settings.owner}",
+        )
+    assert rows, "the worker's pool sessions are named aol-worker <owner>"
+    last = [str(r["query"]) for r in rows]
+    assert not [q for q in last if "pg_advisory_unlock_all" in q], last
