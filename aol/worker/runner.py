@@ -294,9 +294,10 @@ async def _tick_with_grace(
             flags_changed.clear()
             flags = await store.read_flags(ctx.pool)
             if task.done():
-                # The tick ended (its ledger row written) while the flags were read: keep
-                # its report. The notification also set the wake-up event, so the next tick
-                # starts at once and its claim reads the kill (and records it).
+                # The tick ended (its ledger row written, or on its way) while the flags
+                # were read: keep its report. The notification also set the wake-up event,
+                # so the next tick starts at once and its claim reads the kill (and records
+                # it).
                 break
             if flags.killed:
                 verdict = "cancelled" if flags.kill_cancels else "retried"
