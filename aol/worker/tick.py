@@ -10,8 +10,9 @@ a task and returns; the next tick claims and runs its handlers while that write 
 waits for it before writing its own. So at most one tick's results are in flight, ledger
 rows stay in tick order, and neither the next claim nor the next handlers wait for the
 previous write. Results are fenced as always. When the write holds failed attempts, the
-run loop waits for it before its last look for work ahead of a sleep (so the retries it
-schedules are seen); whoever ends the loop waits for the last write (`settle_writes`).
+next claim, and the run loop's last look for work ahead of a sleep, wait for it (so the
+retries it schedules are seen); whoever ends the loop waits for the last write
+(`settle_writes`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
                 outcome = TickOutcome.ERROR
                 error = "lease lost"
             else:
+                if ctx.housekeeping.writing_failures:
+                    # The retries the previous tick schedules may be due at once: this
+                    # claim must see them, whichever way the loop came here.
+                    await settle_writes(ctx)
                 got = await store.claim(
                     ctx.pool,
                     owner=ctx.lease.owner,
@@ -145,6 +150,7 @@ async def settle_writes(ctx: WorkerContext) -> None:
     if not writing.done():
         await asyncio.shield(writing)
     ctx.housekeeping.writing = None
+    ctx.housekeeping.writing_failures = False
 
 
 def _write_behind(

@@ -16,6 +16,7 @@ import pytest
 import structlog.testing
 
 from aol import client
+from aol.actions.context import HandlerContext
 from aol.db import store
 from aol.errors import LeaseHeld
 from aol.settings import Settings
@@ -478,6 +479,39 @@ async def test_ticks_mode_picks_up_a_due_retry_in_the_next_tick(
 
     assert await run_worker(fast, db_url, ticks=2, registry=h.registry()) == EXIT_OK
 
+    assert await ledger_counts(pool) == [("ok", 1, 0, 1, 0), ("ok", 1, 1, 0, 0)]
+    row = await h.action(pool, action_id)
+    assert (row["status"], row["attempts"]) == ("succeeded", 2)
+
+
+async def test_the_claim_after_a_failure_waits_for_its_retry_to_be_written(
+    settings: Settings, db_url: str, pool: asyncpg.Pool[Any]
+) -> None:
+    """The failure is written behind the tick; the next claim waits for that write, so a
+    retry due at once is claimed even when the write is slow (here: held up by a lock on
+    the action's row, taken while the attempt runs)."""
+
+    async def slow_then_fails_once(ctx: HandlerContext) -> str:
+        await asyncio.sleep(0.3)
+        if ctx.action.attempts == 1:
+            raise RuntimeError("first attempt fails")
+        return "second attempt"
+
+    reg = h.registry(TEST_SLOW_FLAKY=slow_then_fails_once)
+    action_id = await insert_action(pool, action_type="TEST_SLOW_FLAKY")
+    fast = settings.with_(backoff_base=0.0, backoff_max=0.0)
+    blocker: asyncpg.Connection[Any] = await asyncpg.connect(db_url)
+    try:
+        worker = asyncio.create_task(run_worker(fast, db_url, ticks=2, registry=reg))
+        await h.wait_status(pool, action_id, "running")
+        held = blocker.transaction()
+        await held.start()
+        await blocker.execute("SELECT 1 FROM aol.actions WHERE id = $1 FOR UPDATE", action_id)
+        await asyncio.sleep(0.8)  # the attempt failed; its write waits on the row lock
+        await held.rollback()
+        assert await asyncio.wait_for(worker, timeout=30) == EXIT_OK
+    finally:
+        await blocker.close()
     assert await ledger_counts(pool) == [("ok", 1, 0, 1, 0), ("ok", 1, 1, 0, 0)]
     row = await h.action(pool, action_id)
     assert (row["status"], row["attempts"]) == ("succeeded", 2)
