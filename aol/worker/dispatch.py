@@ -48,6 +48,8 @@ class Interrupt:
     reason: str = "worker stopped mid-attempt"
     cancel_actions: bool = False
     outcome: TickOutcome = TickOutcome.ERROR
+    # Set by the tick once it has written its ledger row with this outcome.
+    recorded: bool = False
 
 
 @dataclass(slots=True)

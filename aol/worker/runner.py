@@ -28,7 +28,7 @@ from aol.worker import lease as lease_mod
 from aol.worker.dispatch import Interrupt, WorkerContext
 from aol.worker.health import HealthServer, Readiness
 from aol.worker.metrics import WorkerMetrics
-from aol.worker.tick import TickReport, run_tick, settle_writes
+from aol.worker.tick import TickReport, record_interrupt, run_tick, settle_writes
 from aol.worker.watchdog import Watchdog
 
 log = get_logger("aol.worker")
@@ -289,7 +289,7 @@ async def _tick_with_grace(
             break
         fired = {name for w, name in waiters.items() if w in done}
         if "lost" in fired:
-            return await _interrupt(ctx, task, Interrupt(reason="lease lost mid-attempt"))
+            return await _interrupt(ctx, task, tick_no, Interrupt(reason="lease lost mid-attempt"))
         if "flags" in fired:
             flags_changed.clear()
             flags = await store.read_flags(ctx.pool)
@@ -307,6 +307,7 @@ async def _tick_with_grace(
                 return await _interrupt(
                     ctx,
                     task,
+                    tick_no,
                     Interrupt(
                         reason=f"killed by operator ({flags.changed_by}: {flags.reason or '-'})",
                         cancel_actions=flags.kill_cancels,
@@ -322,19 +323,27 @@ async def _tick_with_grace(
                 reason="waiting for in-flight actions",
             )
         elif deadline is not None and loop.time() >= deadline:
-            return await _interrupt(ctx, task, Interrupt(reason="worker stopped mid-attempt"))
+            return await _interrupt(
+                ctx, task, tick_no, Interrupt(reason="worker stopped mid-attempt")
+            )
     return task.result()
 
 
 async def _interrupt(
-    ctx: WorkerContext, task: asyncio.Task[TickReport], why: Interrupt
+    ctx: WorkerContext, task: asyncio.Task[TickReport], tick_no: int, why: Interrupt
 ) -> TickReport:
     ctx.interrupt.reason = why.reason
     ctx.interrupt.cancel_actions = why.cancel_actions
     ctx.interrupt.outcome = why.outcome
+    ctx.interrupt.recorded = False
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    if not ctx.interrupt.recorded:
+        # The tick ended before the cancellation reached it, or it was cut short while
+        # writing its own ledger row: the interruption gets a row of its own, under the
+        # next tick number (the loop ends after an interruption, so no tick takes it).
+        await record_interrupt(ctx, tick_no + 1)
     return TickReport(tick=0, outcome=why.outcome, error=why.reason)
 
 

@@ -117,6 +117,7 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
         await _record(
             ctx, _report(tick, stop.outcome, claimed, results, rescued, started, stop.reason)
         )
+        stop.recorded = True
         raise
     except Exception as exc:  # the database went away, or a bug: the tick fails, not the worker
         failed = True
@@ -272,6 +273,14 @@ async def _fail_unfinished(
                 results[action.id] = await record_failure(
                     ctx, action, tick=tick, duration_ms=0.0, error=AttemptInterrupted(reason)
                 )
+
+
+async def record_interrupt(ctx: WorkerContext, tick: int) -> None:
+    """A ledger row for an interruption that no tick recorded: the tick had ended, or was
+    cut short while writing its own row (`tick` is a number no tick of this epoch used)."""
+    stop = ctx.interrupt
+    await _record(ctx, TickReport(tick=tick, outcome=stop.outcome, error=stop.reason))
+    stop.recorded = True
 
 
 async def _record(ctx: WorkerContext, report: TickReport) -> None:
