@@ -50,14 +50,14 @@ def known_revisions() -> set[str]:
     return {rev.revision for rev in script.walk_revisions()}
 
 
-async def _run(url: str, fn: Any, *args: Any) -> None:
+async def _run(url: str, fn: Any, revision: str) -> None:
     asyncpg_dsn(url)  # refuse a non-PostgreSQL URL with aol's own message
     engine = create_async_engine(sqlalchemy_url(url), poolclass=NullPool)
     cfg = alembic_config(url)
 
     def run(connection: Connection) -> None:
         cfg.attributes["connection"] = connection
-        fn(cfg, *args)
+        fn(cfg, revision)
 
     try:
         async with engine.begin() as conn:
@@ -66,7 +66,7 @@ async def _run(url: str, fn: Any, *args: Any) -> None:
         # Every step runs in the one transaction (migrations/env.py), so nothing changed.
         cause = exc.orig.__cause__ if exc.orig is not None else None
         raise MigrationFailed(
-            f"migrating schema aol to {args[0] if args else '?'} failed and was rolled back, "
+            f"migrating schema aol to {revision} failed and was rolled back, "
             f"so the schema is as it was: {cause or exc.orig}"
         ) from exc
     finally:

@@ -280,7 +280,6 @@ async def record_interrupt(ctx: WorkerContext, tick: int) -> None:
     cut short while writing its own row (`tick` is a number no tick of this epoch used)."""
     stop = ctx.interrupt
     await _record(ctx, TickReport(tick=tick, outcome=stop.outcome, error=stop.reason))
-    stop.recorded = True
 
 
 async def _record(ctx: WorkerContext, report: TickReport) -> None:
