@@ -7,7 +7,6 @@ Results are fenced: each write names the claim's epoch and attempt, and a refuse
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -141,21 +140,22 @@ async def run_batch(
     blocks the event loop cannot be bounded here: the watchdog ends the process instead.
     """
     timeout = ctx.settings.action_timeout
-    started = time.monotonic()
     loop = asyncio.get_running_loop()
-    tasks: dict[asyncio.Task[str | None], Outcome] = {}
-    state = {"deadline_passed": False}
+    batch = _Batch(loop, outcomes, timeout)
+    settle = batch.settle
+    registry = ctx.registry
+    data_dir = ctx.data_dir
     for action in actions:
         alog = _LazyLog(ctx, action, tick)
-        hctx = HandlerContext(action=action, proof=proof, log=alog, data_dir=ctx.data_dir)
+        hctx = HandlerContext(action=action, proof=proof, log=alog, data_dir=data_dir)
         pending = Outcome(action=action, duration_ms=0.0, hctx=hctx, alog=alog)
         try:
-            fn = ctx.registry.get(action.action_type)
+            fn = registry.get(action.action_type)
         except UnknownActionType as exc:
             pending.error = exc
             outcomes[action.id] = pending
             continue
-        pending.isolated = ctx.registry.is_isolated(action.action_type)
+        pending.isolated = registry.is_isolated(action.action_type)
         try:
             call = run_isolated(fn, hctx, timeout=timeout) if pending.isolated else fn(hctx)
             # Registration admits only async functions, so `call` is a coroutine.
@@ -164,30 +164,30 @@ async def run_batch(
             pending.error = exc
             outcomes[action.id] = pending
             continue
-        tasks[task] = pending
-        task.add_done_callback(
-            functools.partial(
-                _settle,
-                pending=pending,
-                outcomes=outcomes,
-                started=started,
-                timeout=timeout,
-                state=state,
-            )
-        )
+        batch.tasks[task] = pending
+        task.add_done_callback(settle)
+    tasks = batch.tasks
     if not tasks:
         return
+    batch.left = len(tasks)
+    # Resolved by the last handler to end, or by the deadline, whichever comes first.
+    deadline = loop.call_later(timeout, _wake, batch.all_done)
     try:
-        _, late = await asyncio.wait(tasks, timeout=timeout)
+        await batch.all_done
     except asyncio.CancelledError:
         for task in tasks:
             task.cancel()  # the tick was cut short: the handlers go with it
         raise
+    finally:
+        deadline.cancel()
+    late = [task for task in tasks if not task.done()]
     if not late:
         return
-    state["deadline_passed"] = True
-    for task in late:
-        if not tasks[task].isolated:  # an isolated one kills its own child at the deadline
+    batch.deadline_passed = True
+    for task in tasks:
+        if task.done():
+            settle(task)  # ended on the deadline's turn: its callback may not have run yet
+        elif not tasks[task].isolated:  # an isolated one kills its own child at the deadline
             task.cancel()
     _, stubborn = await asyncio.wait(late, timeout=CANCEL_GRACE)
     for task in stubborn:
@@ -198,38 +198,58 @@ async def run_batch(
         pending.error = HandlerTimeout(
             f"handler timed out after {timeout:g}s and ignored cancellation; it was abandoned"
         )
-        pending.duration_ms = (time.monotonic() - started) * 1000
+        pending.duration_ms = (time.monotonic() - batch.started) * 1000
         outcomes[pending.action.id] = pending
 
 
-def _settle(
-    task: asyncio.Task[str | None],
-    pending: Outcome,
-    outcomes: dict[int, Outcome],
-    started: float,
-    timeout: float,
-    state: dict[str, bool],
-) -> None:
-    """A handler task ended: note its outcome (unless already decided)."""
-    if pending.action.id in outcomes:
-        return  # abandoned earlier and already recorded as timed out
-    pending.duration_ms = (time.monotonic() - started) * 1000
-    if task.cancelled():
-        if not state["deadline_passed"]:
-            return  # the tick itself was cut short: the tick decides what this attempt was
-        killed = "; its process was killed" if pending.isolated else ""
-        pending.error = HandlerTimeout(f"handler timed out after {timeout:g}s{killed}")
-    elif (exc := task.exception()) is not None:
-        pending.error = exc
-    else:
-        message = task.result()
-        if message is not None and not isinstance(message, str):
-            pending.error = TypeError(
-                f"handler returned {type(message).__name__}; a handler returns a str or None"
-            )
+def _wake(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
+
+
+class _Batch:
+    """A tick's handler tasks, and the callback that notes each one's outcome as it ends
+    (one callback for the batch, and one future to wait on, rather than a wait that adds
+    and removes a callback on every task)."""
+
+    __slots__ = ("all_done", "deadline_passed", "left", "outcomes", "started", "tasks", "timeout")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, outcomes: dict[int, Outcome], timeout: float
+    ) -> None:
+        self.outcomes = outcomes
+        self.timeout = timeout
+        self.started = time.monotonic()
+        self.tasks: dict[asyncio.Task[str | None], Outcome] = {}
+        self.all_done: asyncio.Future[None] = loop.create_future()
+        self.left = 0
+        self.deadline_passed = False
+
+    def settle(self, task: asyncio.Task[str | None]) -> None:
+        """A handler task ended: note its outcome (unless already decided)."""
+        pending = self.tasks[task]
+        if pending.action.id in self.outcomes:
+            return  # abandoned earlier and already recorded as timed out, or settled
+        self.left -= 1
+        if self.left <= 0:
+            _wake(self.all_done)
+        pending.duration_ms = (time.monotonic() - self.started) * 1000
+        if task.cancelled():
+            if not self.deadline_passed:
+                return  # the tick itself was cut short: the tick decides what this attempt was
+            killed = "; its process was killed" if pending.isolated else ""
+            pending.error = HandlerTimeout(f"handler timed out after {self.timeout:g}s{killed}")
+        elif (exc := task.exception()) is not None:
+            pending.error = exc
         else:
-            pending.message = message
-    outcomes[pending.action.id] = pending
+            message = task.result()
+            if message is not None and not isinstance(message, str):
+                pending.error = TypeError(
+                    f"handler returned {type(message).__name__}; a handler returns a str or None"
+                )
+            else:
+                pending.message = message
+        self.outcomes[pending.action.id] = pending
 
 
 async def record_outcomes(
