@@ -27,6 +27,7 @@ from aol.db import store
 from aol.db.connect import ResolvedDatabase, connect, open_database
 from aol.db.migrate import downgrade, head_revision, is_downgrade, upgrade
 from aol.errors import AolError, LeaseHeld
+from aol.eventloop import EVENT_LOOP_DEFAULT, loop_factory
 from aol.settings import Settings, load_settings
 
 T = TypeVar("T")
@@ -50,9 +51,10 @@ def _settings(ctx: click.Context, **flags: Any) -> Settings:
     return load_settings(base)
 
 
-def _run(coro: Awaitable[T]) -> T:
+def _run(coro: Awaitable[T], *, event_loop: str = EVENT_LOOP_DEFAULT) -> T:
     try:
-        return asyncio.run(_as_coroutine(coro))
+        with asyncio.Runner(loop_factory=loop_factory(event_loop)) as runner:
+            return runner.run(_as_coroutine(coro))
     except LeaseHeld as exc:
         click.echo(f"aol: {exc}", err=True)
         sys.exit(EXIT_LEASE_HELD)
@@ -204,6 +206,13 @@ def migrate(ctx: click.Context, revision: str, force: bool) -> None:
     help="Serve GET /healthz, /readyz and /metrics on this port (off by default).",
 )
 @click.option(
+    "--event-loop",
+    type=click.Choice(["asyncio", "uvloop"]),
+    default=None,
+    help="The event loop: the standard library's (asyncio) or uvloop, which needs "
+    "`pip install 'aol[uvloop]'` (asyncio).",
+)
+@click.option(
     "--poll-only",
     "listen",
     flag_value=False,
@@ -234,7 +243,7 @@ def run(ctx: click.Context, /, ticks: int | None, **flags: Any) -> None:
             os._exit(code)
         return code
 
-    sys.exit(_run(_with_db(settings, go)))
+    sys.exit(_run(_with_db(settings, go), event_loop=settings.event_loop))
 
 
 @cli.command()

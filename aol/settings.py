@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from aol.errors import ConfigError
+from aol.eventloop import EVENT_LOOP_DEFAULT, EVENT_LOOPS, installed
 
 BATCH_SIZE_DEFAULT = 3
 LEASE_TTL_DEFAULT = 30.0
@@ -77,6 +78,7 @@ class Settings:
     shutdown_grace: float = SHUTDOWN_GRACE_DEFAULT
     log_format: str = LOG_FORMAT_DEFAULT
     success_log: str = SUCCESS_LOG_DEFAULT
+    event_loop: str = EVENT_LOOP_DEFAULT
     handlers: tuple[str, ...] = ()
     standby: bool = False
     listen: bool = True
@@ -131,6 +133,7 @@ _SOURCES: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "shutdown_grace": ("AOL_SHUTDOWN_GRACE", float, "seconds, >= 0"),
     "log_format": ("AOL_LOG_FORMAT", str, "json or console"),
     "success_log": ("AOL_SUCCESS_LOG", str, "each or tick"),
+    "event_loop": ("AOL_EVENT_LOOP", str, "asyncio or uvloop"),
     "handlers": (
         "AOL_HANDLERS",
         lambda v: tuple(m.strip() for m in v.split(",") if m.strip()),
@@ -261,5 +264,9 @@ def validate(settings: Settings) -> None:
         raise bad("log_format", "expected json or console")
     if settings.success_log not in SUCCESS_LOGS:
         raise bad("success_log", "expected each or tick")
+    if settings.event_loop not in EVENT_LOOPS:
+        raise bad("event_loop", "expected asyncio or uvloop")
+    if not installed(loop := settings.event_loop):
+        raise bad("event_loop", f"{loop} is not installed here: pip install 'aol[{loop}]'")
     if not settings.owner:
         raise bad("owner", "must not be empty")

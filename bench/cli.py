@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="aol --success-log for the run (tick)",
     )
     run.add_argument(
+        "--aol-event-loop",
+        choices=["asyncio", "uvloop"],
+        default=None,
+        help="aol --event-loop for the run (uvloop)",
+    )
+    run.add_argument(
         "--pgqueuer-batch-size", type=int, default=None, help="pgq run --batch-size (100)"
     )
     run.add_argument(
@@ -215,6 +221,7 @@ def config_from(args: argparse.Namespace) -> Config:
         "drain_passes": args.drain_passes,
         "aol_batch_size": args.aol_batch_size,
         "aol_success_log": args.aol_success_log,
+        "aol_event_loop": args.aol_event_loop,
         "pgqueuer_batch_size": args.pgqueuer_batch_size,
         "procrastinate_concurrency": args.procrastinate_concurrency,
     }
@@ -235,6 +242,7 @@ def make_system(name: str, cfg: Config) -> System:
             batch_size=cfg.aol_batch_size,
             scan_interval=cfg.aol_scan_interval,
             success_log=cfg.aol_success_log,
+            event_loop=cfg.aol_event_loop,
         )
     if name == "pgqueuer":
         return PgQueuer(batch_size=cfg.pgqueuer_batch_size)

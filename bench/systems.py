@@ -152,6 +152,7 @@ class Aol:
     batch_size: int = 1000
     scan_interval: float = 1.0
     success_log: str = "tick"
+    event_loop: str = "uvloop"
     name: str = "aol"
 
     @property
@@ -163,7 +164,8 @@ class Aol:
     def settings(self) -> dict[str, str]:
         return {
             "command": f"aol run --handlers bench.noop --batch-size {self.batch_size} "
-            f"--scan-interval {self.scan_interval:g} --success-log {self.success_log}",
+            f"--scan-interval {self.scan_interval:g} --success-log {self.success_log} "
+            f"--event-loop {self.event_loop}",
             "batch_size": str(self.batch_size),
             "pool": _aol_pool(self.batch_size),
             "wake-up": "LISTEN/NOTIFY (statement-level trigger)",
@@ -174,7 +176,7 @@ class Aol:
                 if self.success_log == "tick"
                 else "one per attempt"
             ),
-            "event loop": "asyncio",
+            "event loop": self.event_loop,
         }
 
     def notes(self) -> list[str]:
@@ -207,6 +209,8 @@ class Aol:
             f"{self.scan_interval:g}",
             "--success-log",
             self.success_log,
+            "--event-loop",
+            self.event_loop,
         ]
 
     def worker_env(self, url: str) -> dict[str, str]:

@@ -21,6 +21,7 @@ from aol.db.connect import create_pool
 from aol.db.listen import Listener, Quiet
 from aol.db.migrate import check_revision
 from aol.errors import DatabaseUnavailable
+from aol.eventloop import running_loop_name
 from aol.logs import get_logger
 from aol.model import TickOutcome
 from aol.settings import Settings
@@ -64,7 +65,12 @@ async def run_worker(
         "worker_starting",
         owner=settings.owner,
         handlers=registry.names(),
-        **{k: v for k, v in settings.masked().items() if k not in ("owner", "handlers")},
+        **{
+            k: v
+            for k, v in settings.masked().items()
+            if k not in ("owner", "handlers", "event_loop")
+        },
+        event_loop=running_loop_name(),  # the loop it runs on, not only the one asked for
     )
     guard: contextlib.AbstractAsyncContextManager[Any] = (
         Watchdog(settings.lease_ttl / 2) if settings.watchdog else contextlib.nullcontext()

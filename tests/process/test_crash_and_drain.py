@@ -203,6 +203,37 @@ async def test_ticks_on_an_empty_queue_returns_at_once(
 
 
 @pytest.mark.process
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+async def test_the_worker_runs_on_the_event_loop_asked_for(
+    procs: Procs, pool: asyncpg.Pool[Any], event_loop: str
+) -> None:
+    """`--event-loop uvloop` runs the same worker on uvloop: it says so at start, claims,
+    runs and writes its results and ledger rows as on asyncio, and exits 0 at its last tick."""
+    ids = [
+        int(await enqueue(pool, "POST_SOCIAL", POST, idempotency_key=f"loop-{i}")) for i in range(4)
+    ]
+    w = await procs.worker(
+        "--ticks", "2", "--batch-size", "2", "--event-loop", event_loop, name=event_loop
+    )
+    assert await w.wait(10) == 0, w.describe()
+    starting = [e for e in w.events() if e.get("event") == "worker_starting"]
+    assert [e["event_loop"] for e in starting] == [event_loop], w.describe()
+    rows = await pool.fetch("SELECT id, status, attempts FROM aol.actions ORDER BY id")
+    assert [(r["id"], r["status"], r["attempts"]) for r in rows] == [
+        (i, "succeeded", 1) for i in ids
+    ]
+    logged = await pool.fetchval(
+        "SELECT count(DISTINCT action_id) FROM aol.execution_logs WHERE event = 'action_succeeded'"
+    )
+    assert logged == 4
+    ledger = await pool.fetch("SELECT tick, outcome, succeeded FROM aol.tick_ledger ORDER BY tick")
+    assert [(r["tick"], r["outcome"], r["succeeded"]) for r in ledger] == [
+        (1, "ok", 2),
+        (2, "ok", 2),
+    ]
+
+
+@pytest.mark.process
 async def test_ticks_runs_a_queue_of_five_in_batches_of_three(
     procs: Procs, pool: asyncpg.Pool[Any]
 ) -> None:

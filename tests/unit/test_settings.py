@@ -61,6 +61,7 @@ def test_a_bad_environment_value_names_the_variable_the_value_and_the_shape() ->
         ({"max_attempts": 0}, "--max-attempts"),
         ({"scan_interval": 0.0}, "--scan-interval"),
         ({"busy_poll": -0.001}, "--busy-poll"),
+        ({"event_loop": "trio"}, "--event-loop"),
     ],
 )
 def test_impossible_combinations_are_refused(flags: dict[str, object], fragment: str) -> None:
@@ -97,3 +98,27 @@ def test_the_database_url_may_come_from_a_secrets_file(tmp_path: Path) -> None:
 def test_an_unreadable_secrets_file_is_named() -> None:
     with pytest.raises(ConfigError, match="AOL_DATABASE_URL_FILE = '/nonexistent/x' cannot be"):
         load_settings({}, env={"AOL_DATABASE_URL_FILE": "/nonexistent/x"})
+
+
+def test_the_event_loop_is_asyncio_unless_uvloop_is_asked_for() -> None:
+    assert load_settings({}, env={}).event_loop == "asyncio"
+    assert load_settings({}, env={"AOL_EVENT_LOOP": "uvloop"}).event_loop == "uvloop"
+
+
+def test_uvloop_asked_for_but_not_installed_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "uvloop" else real(name, *a),
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings({}, env={"AOL_EVENT_LOOP": "uvloop"})
+    assert str(caught.value) == (
+        "--event-loop (or AOL_EVENT_LOOP) = 'uvloop' is not valid: "
+        "uvloop is not installed here: pip install 'aol[uvloop]'"
+    )
