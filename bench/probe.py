@@ -60,21 +60,20 @@ RETURNING action_id
 
 BATCH_FINISH = """
 WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $3::int[], $5::float8[], $6::text[], $7::text[],
-                         $8::text[])
-        AS i (id, attempt, duration_ms, message, artifact_ref, artifact_sha256)
+    SELECT * FROM unnest($1::bigint[], $5::float8[], $6::text[], $7::text[], $8::text[])
+        AS i (id, duration_ms, message, artifact_ref, artifact_sha256)
 ), done AS (
     UPDATE aol.actions a
        SET status = 'succeeded', finished_at = now(), updated_at = now(), last_error = NULL
       FROM input i
      WHERE a.id = i.id AND a.status = 'running' AND a.claim_epoch = $2
-       AND a.attempts = i.attempt
+       AND a.attempts = $3::int
        AND EXISTS (SELECT 1 FROM aol.lease l WHERE l.id = 1 AND l.epoch = $2)
-    RETURNING a.id, i.attempt, i.duration_ms, i.message, i.artifact_ref, i.artifact_sha256
+    RETURNING a.id, i.duration_ms, i.message, i.artifact_ref, i.artifact_sha256
 )
 INSERT INTO aol.execution_logs (action_id, attempt, epoch, tick, level, event, message,
                                 duration_ms, artifact_ref, artifact_sha256)
-SELECT id, attempt, $2, $4, 'info', 'action_succeeded', message, duration_ms, artifact_ref,
+SELECT id, $3::int, $2, $4, 'info', 'action_succeeded', message, duration_ms, artifact_ref,
        artifact_sha256
   FROM done
 RETURNING action_id
@@ -142,6 +141,14 @@ async def _prepared(url: str, runnable: int, finished: int = 0) -> None:
         await conn.execute("VACUUM ANALYZE aol.execution_logs")
     finally:
         await conn.close()
+
+
+def _one_attempt(rows: list[Any]) -> int:
+    """The batched finish takes one attempt number for all its rows; the probe's are fresh."""
+    attempts = {r["attempts"] for r in rows}
+    if len(attempts) != 1:
+        raise RuntimeError(f"probe rows at several attempts: {sorted(attempts)}")
+    return int(attempts.pop())
 
 
 def _finish_sql(per_action: bool) -> tuple[str, str]:
@@ -245,7 +252,7 @@ async def hot_path(admin_url: str, n: int, batch: int, variant: str, say: Say) -
                     args = (
                         [r["id"] for r in rows],
                         epoch,
-                        [r["attempts"] for r in rows],
+                        _one_attempt(rows),
                         tick,
                         [0.01] * k,
                         [None] * k,
@@ -310,7 +317,7 @@ async def plans(
                 return (
                     [r["id"] for r in rows],
                     epoch,
-                    [r["attempts"] for r in rows],
+                    _one_attempt(rows),
                     tick,
                     [0.01] * k,
                     [None] * k,

@@ -264,6 +264,38 @@ async def test_fenced_write_by_the_current_claim_is_stored_once(pool: asyncpg.Po
     assert await log_events(pool) == [(action_id, "action_succeeded")]
 
 
+async def test_a_batch_of_successes_at_different_attempts_is_fenced_attempt_by_attempt(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """The batched finish sends one statement per attempt number: each row is still checked
+    against its own attempt, and a stale attempt among them is refused alone."""
+    await set_lease(pool)
+    first = await insert_action(pool)
+    second = await insert_action(pool, status="retry", attempts=1)
+    third = await insert_action(pool, status="retry", attempts=2)
+    assert sorted(await claim(pool)) == [first, second, third]  # attempts 1, 2 and 3 now
+
+    written = await store.finish_actions(
+        pool,
+        epoch=Epoch(1),
+        tick=1,
+        action_ids=[ActionId(first), ActionId(second), ActionId(third)],
+        attempts=[1, 2, 2],  # the third's result names an attempt that is not its claim's
+        durations_ms=[1.0, 2.0, 3.0],
+        messages=["a", None, "c"],
+        artifact_refs=[None, None, None],
+        artifact_sha256s=[None, None, None],
+    )
+    assert written == {first, second}
+    rows = [await row(pool, i) for i in (first, second)]
+    assert [(r["status"], r["attempts"]) for r in rows] == [("succeeded", 1), ("succeeded", 2)]
+    assert (await row(pool, third))["status"] == "running"
+    logged = await pool.fetch(
+        "SELECT action_id, attempt, message, duration_ms FROM aol.execution_logs ORDER BY action_id"
+    )
+    assert [tuple(r) for r in logged] == [(first, 1, "a", 1.0), (second, 2, None, 2.0)]
+
+
 async def test_rescue_moves_expired_claims_to_retry_or_dead_and_leaves_live_ones(
     pool: asyncpg.Pool[Any],
 ) -> None:
@@ -355,13 +387,13 @@ async def test_the_generic_plan_of_finish_actions_does_not_loop_over_its_input(
     async with pool.acquire() as conn:
         await conn.execute("SET plan_cache_mode = force_generic_plan")
         await conn.execute(
-            "PREPARE finish_probe (bigint[], bigint, integer[], bigint, double precision[], "
+            "PREPARE finish_probe (bigint[], bigint, integer, bigint, double precision[], "
             "text[], text[], text[]) AS " + sql
         )
         try:
             plan = await conn.fetchval(
                 "EXPLAIN (FORMAT JSON) EXECUTE finish_probe("
-                "ARRAY[1, 2]::bigint[], 1, ARRAY[1, 1], 1, ARRAY[0.1, 0.1], "
+                "ARRAY[1, 2]::bigint[], 1, 1, 1, ARRAY[0.1, 0.1], "
                 "ARRAY[NULL, NULL]::text[], ARRAY[NULL, NULL]::text[], ARRAY[NULL, NULL]::text[])"
             )
         finally:
