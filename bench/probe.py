@@ -210,6 +210,9 @@ async def hot_path(admin_url: str, n: int, batch: int, variant: str, say: Say) -
                 rows = await timer(
                     "claim_actions", pool.fetch(q("claim_actions"), OWNER, epoch, batch, 30.0)
                 )
+                # One row of flags with NULL action columns comes back when nothing was
+                # claimed: the queue is empty.
+                rows = [r for r in rows if r["id"] is not None]
                 if not rows:
                     break
                 ledger_args = (
