@@ -236,7 +236,7 @@ def run(ctx: click.Context, /, ticks: int | None, **flags: Any) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        code = await run_worker(settings, db.url, ticks=ticks, stop=stop)
+        code = await run_worker(settings, db.url, ticks=ticks, stop=stop, freeze_heap=True)
         if abandoned_handlers():
             # asyncio.run would wait for handlers that ignore cancellation: leave now.
             sys.stdout.flush()
