@@ -27,7 +27,7 @@ from aol.db import store
 from aol.db.connect import ResolvedDatabase, connect, open_database
 from aol.db.migrate import downgrade, head_revision, is_downgrade, upgrade
 from aol.errors import AolError, LeaseHeld
-from aol.eventloop import EVENT_LOOP_DEFAULT, loop_factory
+from aol.eventloop import LoopFactory, loop_factory
 from aol.settings import Settings, load_settings
 
 T = TypeVar("T")
@@ -51,9 +51,9 @@ def _settings(ctx: click.Context, **flags: Any) -> Settings:
     return load_settings(base)
 
 
-def _run(coro: Awaitable[T], *, event_loop: str = EVENT_LOOP_DEFAULT) -> T:
+def _run(coro: Awaitable[T], *, loop: LoopFactory | None = None) -> T:
     try:
-        with asyncio.Runner(loop_factory=loop_factory(event_loop)) as runner:
+        with asyncio.Runner(loop_factory=loop) as runner:
             return runner.run(_as_coroutine(coro))
     except LeaseHeld as exc:
         click.echo(f"aol: {exc}", err=True)
@@ -228,6 +228,7 @@ def run(ctx: click.Context, /, ticks: int | None, **flags: Any) -> None:
     flags["handlers"] = tuple(flags.get("handlers") or ())
     try:
         settings = _settings(ctx, **flags)
+        make_loop = loop_factory(settings.event_loop)
     except AolError as exc:
         raise click.UsageError(str(exc)) from exc
 
@@ -238,12 +239,12 @@ def run(ctx: click.Context, /, ticks: int | None, **flags: Any) -> None:
             loop.add_signal_handler(sig, stop.set)
         code = await run_worker(settings, db.url, ticks=ticks, stop=stop, freeze_heap=True)
         if abandoned_handlers():
-            # asyncio.run would wait for handlers that ignore cancellation: leave now.
+            # The runner would wait for handlers that ignore cancellation: leave now.
             sys.stdout.flush()
             os._exit(code)
         return code
 
-    sys.exit(_run(_with_db(settings, go), event_loop=settings.event_loop))
+    sys.exit(_run(_with_db(settings, go), loop=make_loop))
 
 
 @cli.command()

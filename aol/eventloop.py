@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import importlib.util
+import sys
 from collections.abc import Callable
+
+from aol.errors import ConfigError
 
 EVENT_LOOP_DEFAULT = "asyncio"
 EVENT_LOOPS = ("asyncio", "uvloop")
@@ -15,16 +17,22 @@ EVENT_LOOPS = ("asyncio", "uvloop")
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
 
-def installed(name: str) -> bool:
-    """Whether the loop `name` can be used here (asyncio always can)."""
-    return name == "asyncio" or importlib.util.find_spec(name) is not None
-
-
 def loop_factory(name: str) -> LoopFactory | None:
-    """What `asyncio.Runner` should make its loop with (None: the standard one)."""
+    """What `asyncio.Runner` should make its loop with (None: the standard one). A loop
+    that cannot be loaded here is refused with what to do about it."""
     if name == "asyncio":
         return None
-    module = importlib.import_module(name)
+    asked = f"--event-loop {name} (or AOL_EVENT_LOOP)"
+    if sys.platform == "win32":
+        raise ConfigError(f"{asked}: {name} does not run on Windows; use asyncio")
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError:
+        raise ConfigError(
+            f"{asked}: {name} is not installed here: pip install 'aol[{name}]'"
+        ) from None
+    except ImportError as exc:
+        raise ConfigError(f"{asked}: {name} is installed but cannot be loaded: {exc}") from None
     factory: LoopFactory = module.new_event_loop
     return factory
 

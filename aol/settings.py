@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from aol.errors import ConfigError
-from aol.eventloop import EVENT_LOOP_DEFAULT, EVENT_LOOPS, installed
+from aol.eventloop import EVENT_LOOP_DEFAULT, EVENT_LOOPS
 
 BATCH_SIZE_DEFAULT = 3
 LEASE_TTL_DEFAULT = 30.0
@@ -266,7 +266,5 @@ def validate(settings: Settings) -> None:
         raise bad("success_log", "expected each or tick")
     if settings.event_loop not in EVENT_LOOPS:
         raise bad("event_loop", "expected asyncio or uvloop")
-    if not installed(loop := settings.event_loop):
-        raise bad("event_loop", f"{loop} is not installed here: pip install 'aol[{loop}]'")
     if not settings.owner:
         raise bad("owner", "must not be empty")

@@ -63,12 +63,13 @@ async def _measure(url: str, size: int, n: int, batch: int) -> dict[str, float]:
                 q("finish_actions"),
                 ids,
                 epoch,
-                1,  # the attempt number of every row: all are fresh
+                [r["attempts"] for r in rows],
                 1,
                 [0.0] * k,
                 [None] * k,
                 [None] * k,
                 [None] * k,
+                1,  # the attempt number every row shares: all are fresh
             )
             finishes.append(time.perf_counter() - started)
             if len(done) != k:

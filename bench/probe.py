@@ -60,20 +60,21 @@ RETURNING action_id
 
 BATCH_FINISH = """
 WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $5::float8[], $6::text[], $7::text[], $8::text[])
-        AS i (id, duration_ms, message, artifact_ref, artifact_sha256)
+    SELECT * FROM unnest($1::bigint[], $3::int[], $5::float8[], $6::text[], $7::text[],
+                         $8::text[])
+        AS i (id, attempt, duration_ms, message, artifact_ref, artifact_sha256)
 ), done AS (
     UPDATE aol.actions a
        SET status = 'succeeded', finished_at = now(), updated_at = now(), last_error = NULL
       FROM input i
      WHERE a.id = i.id AND a.status = 'running' AND a.claim_epoch = $2
-       AND a.attempts = $3::int
+       AND a.attempts = i.attempt
        AND EXISTS (SELECT 1 FROM aol.lease l WHERE l.id = 1 AND l.epoch = $2)
-    RETURNING a.id, i.duration_ms, i.message, i.artifact_ref, i.artifact_sha256
+    RETURNING a.id, i.attempt, i.duration_ms, i.message, i.artifact_ref, i.artifact_sha256
 )
 INSERT INTO aol.execution_logs (action_id, attempt, epoch, tick, level, event, message,
                                 duration_ms, artifact_ref, artifact_sha256)
-SELECT id, $3::int, $2, $4, 'info', 'action_succeeded', message, duration_ms, artifact_ref,
+SELECT id, attempt, $2, $4, 'info', 'action_succeeded', message, duration_ms, artifact_ref,
        artifact_sha256
   FROM done
 RETURNING action_id
@@ -143,12 +144,25 @@ async def _prepared(url: str, runnable: int, finished: int = 0) -> None:
         await conn.close()
 
 
-def _one_attempt(rows: list[Any]) -> int:
-    """The batched finish takes one attempt number for all its rows; the probe's are fresh."""
-    attempts = {r["attempts"] for r in rows}
-    if len(attempts) != 1:
-        raise RuntimeError(f"probe rows at several attempts: {sorted(attempts)}")
-    return int(attempts.pop())
+def _finish_args(sql: str, rows: list[Any], epoch: int, tick: int) -> tuple[Any, ...]:
+    """Arguments of a batched finish for claimed `rows`; aol's own statement also takes the
+    attempt number the rows share ($9, NULL when they differ)."""
+    k = len(rows)
+    attempts = [r["attempts"] for r in rows]
+    args: tuple[Any, ...] = (
+        [r["id"] for r in rows],
+        epoch,
+        attempts,
+        tick,
+        [0.01] * k,
+        [None] * k,
+        [None] * k,
+        [None] * k,
+    )
+    if "$9" in sql:
+        shared = set(attempts)
+        args += (shared.pop() if len(shared) == 1 else None,)
+    return args
 
 
 def _finish_sql(per_action: bool) -> tuple[str, str]:
@@ -251,17 +265,7 @@ async def hot_path(admin_url: str, n: int, batch: int, variant: str, say: Say) -
                     timer.samples["finish, one row (all of a tick)"].append(time.perf_counter() - t)
                     await timer("record_tick", pool.execute(q("record_tick"), *ledger_args))
                 else:
-                    k = len(rows)
-                    args = (
-                        [r["id"] for r in rows],
-                        epoch,
-                        _one_attempt(rows),
-                        tick,
-                        [0.01] * k,
-                        [None] * k,
-                        [None] * k,
-                        [None] * k,
-                    )
+                    args = _finish_args(finish_sql, rows, epoch, tick)
                     if in_one_txn:
                         async with pool.acquire() as conn, conn.transaction():
                             await timer("finish, batched", conn.fetch(finish_sql, *args))
@@ -316,17 +320,7 @@ async def plans(
             batched, _ = _finish_sql(per_action=False)
 
             def finish_args(rows: list[Any], tick: int) -> tuple[Any, ...]:
-                k = len(rows)
-                return (
-                    [r["id"] for r in rows],
-                    epoch,
-                    _one_attempt(rows),
-                    tick,
-                    [0.01] * k,
-                    [None] * k,
-                    [None] * k,
-                    [None] * k,
-                )
+                return _finish_args(batched, rows, epoch, tick)
 
             tick = 0
             while tick * 50 < churn:

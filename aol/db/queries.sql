@@ -160,35 +160,37 @@ SELECT f.paused, f.killed, f.proof_mode, c.*
   FROM flags f LEFT JOIN claimed c ON true;
 
 -- name: finish_actions
--- Successes of one attempt number in one statement (store.finish_actions sends one per
--- attempt number among a tick's successes; nearly always there is one). Fenced row by row:
--- a row is written only while it is still this claim's (epoch and attempt) and the lease is
--- still at this epoch. The ids that come back are the results that were written; any other
--- was refused.
+-- A tick's successes in one statement. Fenced row by row: a row is written only while it is
+-- still this claim's (epoch and attempt) and the lease is still at this epoch. The ids that
+-- come back are the results that were written; any other was refused.
 -- The rows are found by primary key (`id = ANY`), never by a join against the unnested
 -- input: the generic plan a prepared statement switches to after five runs estimates the
 -- input at 10 rows and the running rows at 1, and nests the loops (1,000 x 1,000 row
--- comparisons, 400 ms instead of 50 at a batch of 1,000). One attempt number for all rows
--- keeps the fence a comparison with a constant (looking each row's attempt up by position
--- in an array of attempts cost 3 of 19 ms per 1,000).
--- $1 ids, $2 epoch, $3 attempt, $4 tick, $5 durations (ms), $6 messages, $7 artifact refs,
--- $8 artifact sha256s (arrays of equal length; NULL entries allowed in $6..$8)
+-- comparisons, 400 ms instead of 50 at a batch of 1,000). Each row's attempt is looked up
+-- by position in the input arrays, unless $9 gives the one attempt number they all share
+-- (nearly always): COALESCE then never evaluates the lookup, a linear search per row that
+-- cost 3 of 19 ms per 1,000.
+-- $1 ids, $2 epoch, $3 attempts, $4 tick, $5 durations (ms), $6 messages, $7 artifact refs,
+-- $8 artifact sha256s (arrays of equal length; NULL entries allowed in $6..$8), $9 the
+-- attempt number of every row, or NULL when they differ
 WITH done AS (
     UPDATE aol.actions a
        SET status = 'succeeded', finished_at = now(), updated_at = now(), last_error = NULL
      WHERE a.id = ANY ($1::bigint[]) AND a.status = 'running' AND a.claim_epoch = $2
-       AND a.attempts = $3::integer
+       AND a.attempts = coalesce($9::integer,
+                                 ($3::integer[])[array_position($1::bigint[], a.id)])
        AND EXISTS (SELECT 1 FROM aol.lease l WHERE l.id = 1 AND l.epoch = $2)
     RETURNING a.id
 ), input AS (
     SELECT *
-      FROM unnest($1::bigint[], $5::double precision[], $6::text[], $7::text[], $8::text[])
-           AS t(id, duration_ms, message, artifact_ref, artifact_sha256)
+      FROM unnest($1::bigint[], $3::integer[], $5::double precision[], $6::text[],
+                  $7::text[], $8::text[])
+           AS t(id, attempt, duration_ms, message, artifact_ref, artifact_sha256)
 )
 INSERT INTO aol.execution_logs
     (action_id, attempt, epoch, tick, level, event, message, duration_ms, artifact_ref,
      artifact_sha256)
-SELECT input.id, $3::integer, $2, $4, 'info', 'action_succeeded', input.message,
+SELECT input.id, input.attempt, $2, $4, 'info', 'action_succeeded', input.message,
        input.duration_ms, input.artifact_ref, input.artifact_sha256
   FROM input
  WHERE input.id IN (SELECT id FROM done)

@@ -279,26 +279,21 @@ async def finish_actions(
     artifact_refs: Sequence[str | None],
     artifact_sha256s: Sequence[str | None],
 ) -> set[ActionId]:
-    """Mark many attempts succeeded, one statement per attempt number among them (a tick's
-    successes nearly always share one); returns the ids actually written."""
-    by_attempt: dict[int, list[int]] = {}
-    for i, attempt in enumerate(attempts):
-        by_attempt.setdefault(attempt, []).append(i)
-    written: set[ActionId] = set()
-    for attempt, at in by_attempt.items():
-        rows = await db.fetch(
-            q("finish_actions"),
-            [action_ids[i] for i in at],
-            epoch,
-            attempt,
-            tick,
-            [durations_ms[i] for i in at],
-            [messages[i] for i in at],
-            [artifact_refs[i] for i in at],
-            [artifact_sha256s[i] for i in at],
-        )
-        written.update(ActionId(r["action_id"]) for r in rows)
-    return written
+    """Mark many attempts succeeded in one statement; returns the ids actually written."""
+    shared = set(attempts)
+    rows = await db.fetch(
+        q("finish_actions"),
+        list(action_ids),
+        epoch,
+        list(attempts),
+        tick,
+        list(durations_ms),
+        list(messages),
+        list(artifact_refs),
+        list(artifact_sha256s),
+        shared.pop() if len(shared) == 1 else None,
+    )
+    return {ActionId(r["action_id"]) for r in rows}
 
 
 async def finish_action(

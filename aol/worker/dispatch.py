@@ -17,7 +17,7 @@ from aol import policy
 from aol.actions.context import HandlerContext
 from aol.actions.registry import Registry
 from aol.db import store
-from aol.errors import HandlerTimeout, PermanentError, UnknownActionType
+from aol.errors import AttemptInterrupted, HandlerTimeout, PermanentError, UnknownActionType
 from aol.logs import get_logger
 from aol.model import Action, AttemptResult, TickOutcome
 from aol.settings import Settings
@@ -175,20 +175,21 @@ async def run_batch(
     try:
         await batch.all_done
     except asyncio.CancelledError:
+        batch.cut = True
         for task in tasks:
             task.cancel()  # the tick was cut short: the handlers go with it
         raise
     finally:
         deadline.cancel()
     late = [task for task in tasks if not task.done()]
-    if not late:
-        return
-    batch.deadline_passed = True
     for task in tasks:
         if task.done():
             settle(task)  # ended on the deadline's turn: its callback may not have run yet
         elif not tasks[task].isolated:  # an isolated one kills its own child at the deadline
+            batch.timed_out.add(task)
             task.cancel()
+    if not late:
+        return
     _, stubborn = await asyncio.wait(late, timeout=CANCEL_GRACE)
     for task in stubborn:
         pending = tasks[task]
@@ -212,7 +213,17 @@ class _Batch:
     (one callback for the batch, and one future to wait on, rather than a wait that adds
     and removes a callback on every task)."""
 
-    __slots__ = ("all_done", "deadline_passed", "left", "outcomes", "started", "tasks", "timeout")
+    __slots__ = (
+        "all_done",
+        "cut",
+        "left",
+        "outcomes",
+        "settled",
+        "started",
+        "tasks",
+        "timed_out",
+        "timeout",
+    )
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, outcomes: dict[int, Outcome], timeout: float
@@ -223,22 +234,32 @@ class _Batch:
         self.tasks: dict[asyncio.Task[str | None], Outcome] = {}
         self.all_done: asyncio.Future[None] = loop.create_future()
         self.left = 0
-        self.deadline_passed = False
+        self.settled: set[asyncio.Task[str | None]] = set()
+        # Cancelled by the deadline; `cut`: every task cancelled because the tick was.
+        self.timed_out: set[asyncio.Task[str | None]] = set()
+        self.cut = False
 
     def settle(self, task: asyncio.Task[str | None]) -> None:
-        """A handler task ended: note its outcome (unless already decided)."""
-        pending = self.tasks[task]
-        if pending.action.id in self.outcomes:
-            return  # abandoned earlier and already recorded as timed out, or settled
+        """A handler task ended: note its outcome (once, and unless already decided)."""
+        if task in self.settled:
+            return
+        self.settled.add(task)
         self.left -= 1
         if self.left <= 0:
             _wake(self.all_done)
+        pending = self.tasks[task]
+        if pending.action.id in self.outcomes:
+            return  # abandoned at the deadline, and recorded as timed out then
         pending.duration_ms = (time.monotonic() - self.started) * 1000
         if task.cancelled():
-            if not self.deadline_passed:
+            if task in self.timed_out:
+                pending.error = HandlerTimeout(f"handler timed out after {self.timeout:g}s")
+            elif self.cut:
                 return  # the tick itself was cut short: the tick decides what this attempt was
-            killed = "; its process was killed" if pending.isolated else ""
-            pending.error = HandlerTimeout(f"handler timed out after {self.timeout:g}s{killed}")
+            else:  # the handler let a cancellation out that was not the worker's
+                pending.error = AttemptInterrupted(
+                    "the handler's task was cancelled, neither by its deadline nor by the worker"
+                )
         elif (exc := task.exception()) is not None:
             pending.error = exc
         else:

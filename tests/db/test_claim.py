@@ -267,8 +267,8 @@ async def test_fenced_write_by_the_current_claim_is_stored_once(pool: asyncpg.Po
 async def test_a_batch_of_successes_at_different_attempts_is_fenced_attempt_by_attempt(
     pool: asyncpg.Pool[Any],
 ) -> None:
-    """The batched finish sends one statement per attempt number: each row is still checked
-    against its own attempt, and a stale attempt among them is refused alone."""
+    """When a tick's successes are at different attempts, each row is checked against its
+    own attempt (looked up in the array), and a stale attempt among them is refused alone."""
     await set_lease(pool)
     first = await insert_action(pool)
     second = await insert_action(pool, status="retry", attempts=1)
@@ -387,14 +387,15 @@ async def test_the_generic_plan_of_finish_actions_does_not_loop_over_its_input(
     async with pool.acquire() as conn:
         await conn.execute("SET plan_cache_mode = force_generic_plan")
         await conn.execute(
-            "PREPARE finish_probe (bigint[], bigint, integer, bigint, double precision[], "
-            "text[], text[], text[]) AS " + sql
+            "PREPARE finish_probe (bigint[], bigint, integer[], bigint, double precision[], "
+            "text[], text[], text[], integer) AS " + sql
         )
         try:
             plan = await conn.fetchval(
                 "EXPLAIN (FORMAT JSON) EXECUTE finish_probe("
-                "ARRAY[1, 2]::bigint[], 1, 1, 1, ARRAY[0.1, 0.1], "
-                "ARRAY[NULL, NULL]::text[], ARRAY[NULL, NULL]::text[], ARRAY[NULL, NULL]::text[])"
+                "ARRAY[1, 2]::bigint[], 1, ARRAY[1, 1], 1, ARRAY[0.1, 0.1], "
+                "ARRAY[NULL, NULL]::text[], ARRAY[NULL, NULL]::text[], "
+                "ARRAY[NULL, NULL]::text[], 1)"
             )
         finally:
             await conn.execute("DEALLOCATE finish_probe")

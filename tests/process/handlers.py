@@ -9,12 +9,16 @@ overlapped. A row whose `finished_at` stays NULL is an attempt that never comple
 Payload: {"seconds": float, "later_seconds": float (optional)}. Attempt 1 sleeps
 `seconds`; later attempts sleep `later_seconds` when given (so a rescued action can finish
 quickly), else `seconds`.
+
+`NAP_ISOLATED` runs in a child process (`isolated=True`) and blocks it with `time.sleep`
+for `seconds`, then names the child's pid: what the worker's deadline must kill.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 import asyncpg
@@ -48,3 +52,9 @@ async def slow(ctx: HandlerContext) -> str:
     finally:
         await conn.close()
     return f"slept {seconds:g}s in pid {os.getpid()}"
+
+
+@handler("NAP_ISOLATED", isolated=True)
+async def nap_isolated(ctx: HandlerContext) -> str:
+    time.sleep(float(ctx.payload.get("seconds", 0)))
+    return f"napped in pid {os.getpid()}"

@@ -7,6 +7,7 @@ writes (tests/process/handlers.py) and by the actions, lease and ledger rows.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import signal
 import time
@@ -203,36 +204,68 @@ async def test_ticks_on_an_empty_queue_returns_at_once(
 
 
 @pytest.mark.process
-@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize(
+    "event_loop",
+    [
+        "asyncio",
+        pytest.param(
+            "uvloop",
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("uvloop") is None,
+                reason="uvloop is not installed here (pip install 'aol[uvloop]')",
+            ),
+        ),
+    ],
+)
 async def test_the_worker_runs_on_the_event_loop_asked_for(
     procs: Procs, pool: asyncpg.Pool[Any], event_loop: str
 ) -> None:
-    """`--event-loop uvloop` runs the same worker on uvloop: it says so at start, claims,
-    runs and writes its results and ledger rows as on asyncio, and exits 0 at its last tick.
-    On either loop `aol run` has moved its start-up heap out of the collector's way."""
-    ids = [
-        int(await enqueue(pool, "POST_SOCIAL", POST, idempotency_key=f"loop-{i}")) for i in range(4)
+    """`--event-loop uvloop` runs the same worker on uvloop: it says so at start; it claims,
+    runs and writes results and ledger rows as on asyncio; an isolated handler runs in its
+    child process, and one that blocks its child is killed at the action timeout; and it
+    exits 0 at its last tick. On either loop `aol run` has moved its start-up heap out of
+    the collector's way."""
+    posts = [
+        int(await enqueue(pool, "POST_SOCIAL", POST, idempotency_key=f"loop-{i}", priority=1))
+        for i in range(2)
     ]
-    w = await procs.worker(
-        "--ticks", "2", "--batch-size", "2", "--event-loop", event_loop, name=event_loop
+    quick = int(await enqueue(pool, "NAP_ISOLATED", {"seconds": 0}, idempotency_key="nap-0"))
+    stuck = int(
+        await enqueue(
+            pool, "NAP_ISOLATED", {"seconds": 60}, idempotency_key="nap-60", max_attempts=1
+        )
     )
-    assert await w.wait(10) == 0, w.describe()
+    w = await procs.worker(
+        "--ticks",
+        "2",
+        "--batch-size",
+        "2",
+        "--action-timeout",
+        "1",
+        "--event-loop",
+        event_loop,
+        name=event_loop,
+    )
+    assert await w.wait(15) == 0, w.describe()
     starting = [e for e in w.events() if e.get("event") == "worker_starting"]
     assert [e["event_loop"] for e in starting] == [event_loop], w.describe()
     assert starting[0]["frozen_objects"] > 10_000, w.describe()  # the modules' objects
-    rows = await pool.fetch("SELECT id, status, attempts FROM aol.actions ORDER BY id")
-    assert [(r["id"], r["status"], r["attempts"]) for r in rows] == [
-        (i, "succeeded", 1) for i in ids
-    ]
-    logged = await pool.fetchval(
-        "SELECT count(DISTINCT action_id) FROM aol.execution_logs WHERE event = 'action_succeeded'"
+    rows = await pool.fetch("SELECT id, status, attempts, last_error FROM aol.actions")
+    by_id = {r["id"]: r for r in rows}
+    assert [(by_id[i]["status"], by_id[i]["attempts"]) for i in [*posts, quick]] == [
+        ("succeeded", 1)
+    ] * 3
+    assert by_id[stuck]["status"] == "dead", w.describe()
+    assert "timed out after 1s; its process" in by_id[stuck]["last_error"], by_id[stuck]
+    logged = await pool.fetch(
+        "SELECT action_id, message FROM aol.execution_logs WHERE event = 'action_succeeded'"
     )
-    assert logged == 4
-    ledger = await pool.fetch("SELECT tick, outcome, succeeded FROM aol.tick_ledger ORDER BY tick")
-    assert [(r["tick"], r["outcome"], r["succeeded"]) for r in ledger] == [
-        (1, "ok", 2),
-        (2, "ok", 2),
-    ]
+    messages = {r["action_id"]: r["message"] for r in logged}
+    assert sorted(messages) == sorted([*posts, quick])
+    assert messages[quick].startswith("napped in pid ")
+    assert messages[quick] != f"napped in pid {w.pid}"  # in a child, not the worker
+    ledger = await pool.fetch("SELECT tick, claimed FROM aol.tick_ledger ORDER BY tick")
+    assert [(r["tick"], r["claimed"]) for r in ledger] == [(1, 2), (2, 2)]
 
 
 @pytest.mark.process

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,20 +106,19 @@ def test_the_event_loop_is_asyncio_unless_uvloop_is_asked_for() -> None:
     assert load_settings({}, env={"AOL_EVENT_LOOP": "uvloop"}).event_loop == "uvloop"
 
 
-def test_uvloop_asked_for_but_not_installed_says_how_to_install_it(
+def test_uvloop_asked_for_but_not_installed_is_refused_by_run_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import importlib.util
+    """Settings accept `uvloop` (every command reads them; only `aol run` uses a loop);
+    making the loop says what to install."""
+    from aol.eventloop import loop_factory
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "uvloop" else real(name, *a),
-    )
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # an import of it now fails
+    assert load_settings({}, env={"AOL_EVENT_LOOP": "uvloop"}).event_loop == "uvloop"
     with pytest.raises(ConfigError) as caught:
-        load_settings({}, env={"AOL_EVENT_LOOP": "uvloop"})
+        loop_factory("uvloop")
     assert str(caught.value) == (
-        "--event-loop (or AOL_EVENT_LOOP) = 'uvloop' is not valid: "
-        "uvloop is not installed here: pip install 'aol[uvloop]'"
+        "--event-loop uvloop (or AOL_EVENT_LOOP): uvloop is not installed here: "
+        "pip install 'aol[uvloop]'"
     )
+    assert loop_factory("asyncio") is None

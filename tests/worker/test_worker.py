@@ -294,6 +294,38 @@ async def test_a_handler_breaking_its_contract_fails_only_its_own_action(
     await assert_nothing_running(pool)
 
 
+async def test_a_handler_that_lets_out_a_cancellation_of_its_own_fails_its_attempt(
+    settings: Settings, db_url: str, pool: asyncpg.Pool[Any]
+) -> None:
+    """A handler task can end cancelled without the worker cancelling it (a future it
+    awaited was cancelled elsewhere). That attempt fails and is retried; it is not left
+    `running` until its claim expires, and its batch-mates are written as usual."""
+
+    async def cancelled_elsewhere(ctx: HandlerContext) -> str | None:
+        other: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        other.cancel()
+        await other  # raises CancelledError: this task ends cancelled
+        return None
+
+    victim = await insert_action(pool, action_type="TEST_CANCELLED", max_attempts=3)
+    ok = await insert_action(pool, action_type=h.OK)
+
+    code = await run_worker(
+        settings.with_(batch_size=2),
+        db_url,
+        ticks=1,
+        registry=h.registry(TEST_CANCELLED=cancelled_elsewhere),
+    )
+
+    assert code == EXIT_OK
+    row = await h.action(pool, victim)
+    assert (row["status"], row["attempts"]) == ("retry", 1)
+    assert "cancelled, neither by its deadline nor by the worker" in row["last_error"]
+    assert (await h.action(pool, ok))["status"] == "succeeded"
+    assert await ledger_counts(pool) == [("ok", 2, 1, 1, 0)]
+    await assert_nothing_running(pool)
+
+
 # --- timeouts ----------------------------------------------------------------------------
 
 
