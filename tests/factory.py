@@ -4,11 +4,35 @@ from __future__ import annotations
 
 import itertools
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
+from aol.model import Action, ActionId, ActionStatus
+
 _keys = itertools.count()
+_claimed_ids = itertools.count(1)
+
+
+def claimed_action(action_type: str, *, action_id: int | None = None) -> Action:
+    """An action as a claim hands it to the worker (no row behind it): for code that runs
+    handlers or counts outcomes without a database."""
+    now = datetime.now(UTC)
+    number = next(_claimed_ids) if action_id is None else action_id
+    return Action(
+        id=ActionId(number),
+        idempotency_key=f"k{number}",
+        action_type=action_type,
+        payload={},
+        status=ActionStatus.RUNNING,
+        priority=0,
+        attempts=1,
+        max_attempts=3,
+        not_before=now,
+        claim_epoch=None,
+        created_at=now,
+    )
 
 
 async def insert_action(db: asyncpg.Pool[Any] | asyncpg.Connection[Any], **overrides: Any) -> int:

@@ -5,34 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 from aol.actions.context import HandlerContext
 from aol.actions.registry import Registry
-from aol.model import Action, ActionId, ActionStatus
 from aol.settings import load_settings
 from aol.worker.dispatch import Outcome, WorkerContext, run_batch
+from tests.factory import claimed_action
 
 DEADLINE = 0.05
-
-
-def claimed(action_id: int, action_type: str) -> Action:
-    now = datetime.now(UTC)
-    return Action(
-        id=ActionId(action_id),
-        idempotency_key=f"k{action_id}",
-        action_type=action_type,
-        payload={},
-        status=ActionStatus.RUNNING,
-        priority=0,
-        attempts=1,
-        max_attempts=3,
-        not_before=now,
-        claim_epoch=None,
-        created_at=now,
-    )
 
 
 def context(registry: Registry, data_dir: Path) -> WorkerContext:
@@ -60,7 +42,7 @@ async def test_a_handler_that_ends_on_the_deadlines_turn_has_its_outcome_on_retu
 
     registry = Registry()
     registry.register("QUICK", quick)
-    action = claimed(1, "QUICK")
+    action = claimed_action("QUICK")
     asyncio.get_running_loop().call_later(DEADLINE / 10, time.sleep, DEADLINE * 2)
     outcomes: dict[int, Outcome] = {}
 
@@ -83,7 +65,7 @@ async def test_a_handler_past_the_deadline_is_cancelled_and_recorded_as_timed_ou
     registry = Registry()
     registry.register("QUICK", quick)
     registry.register("SLOW", slow)
-    fast, late = claimed(1, "QUICK"), claimed(2, "SLOW")
+    fast, late = claimed_action("QUICK"), claimed_action("SLOW")
     outcomes: dict[int, Outcome] = {}
     started = time.monotonic()
 

@@ -6,36 +6,19 @@ import asyncio
 import itertools
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import prometheus_client
 import pytest
 
-from aol.model import Action, ActionId, ActionStatus, AttemptResult, TickOutcome
+from aol.model import AttemptResult, TickOutcome
 from aol.worker.health import HealthServer, Readiness
 from aol.worker.metrics import CONTENT_TYPE, DatabaseGauges, WorkerMetrics
+from tests.factory import claimed_action as claimed
 from tests.promtext import Scraped, parse
 
 _ids = itertools.count(1)
 # Nothing listens on port 1: a connection there is refused at once.
 NOWHERE = "postgresql://postgres@127.0.0.1:1/aol"
-
-
-def claimed(action_type: str) -> Action:
-    now = datetime.now(UTC)
-    return Action(
-        id=ActionId(next(_ids)),
-        idempotency_key="k",
-        action_type=action_type,
-        payload={},
-        status=ActionStatus.RUNNING,
-        priority=0,
-        attempts=1,
-        max_attempts=3,
-        not_before=now,
-        claim_epoch=None,
-        created_at=now,
-    )
 
 
 @dataclass
