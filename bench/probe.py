@@ -319,14 +319,11 @@ async def plans(
             epoch = await store.acquire_lease(conn, owner=OWNER, ttl=600)
             batched, _ = _finish_sql(per_action=False)
 
-            def finish_args(rows: list[Any], tick: int) -> tuple[Any, ...]:
-                return _finish_args(batched, rows, epoch, tick)
-
             tick = 0
             while tick * 50 < churn:
                 tick += 1
                 rows = await conn.fetch(q("claim_actions"), OWNER, epoch, 50, 30.0)
-                await conn.fetch(batched, *finish_args(rows, tick))
+                await conn.fetch(batched, *_finish_args(batched, rows, epoch, tick))
             # A committed claim, so the finish statements have running rows to work on.
             rows = await conn.fetch(q("claim_actions"), OWNER, epoch, 50, 30.0)
             target = rows[0]
@@ -338,7 +335,7 @@ async def plans(
                     FINISH_ONE,
                     (target["id"], epoch, target["attempts"], 1, 0.01, None, None, None),
                 ),
-                ("finish, batched (50)", batched, finish_args(list(rows), 1)),
+                ("finish, batched (50)", batched, _finish_args(batched, list(rows), epoch, 1)),
                 ("next_wakeup", q("next_wakeup"), ()),
             ):
                 tr = conn.transaction()
