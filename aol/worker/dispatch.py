@@ -49,6 +49,9 @@ class Interrupt:
     outcome: TickOutcome = TickOutcome.ERROR
     # Set by the tick once it has written its ledger row with this outcome.
     recorded: bool = False
+    # Set by the tick whose own claim read the kill switch: it claimed nothing and is
+    # recording the kill itself, so the notification of that kill must not cut it short.
+    kill_seen: bool = False
 
 
 @dataclass(slots=True)

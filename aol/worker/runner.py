@@ -317,6 +317,11 @@ async def _tick_with_grace(
                 # so the next tick starts at once and its claim reads the kill (and records
                 # it).
                 break
+            if flags.killed and ctx.interrupt.kill_seen:
+                # The tick's own claim read the kill: nothing runs, and it is writing its
+                # ledger row. Cancelling it there would leave that row half-known and make
+                # a second one for the same kill.
+                continue
             if flags.killed:
                 verdict = "cancelled" if flags.kill_cancels else "retried"
                 log.warning(

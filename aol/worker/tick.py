@@ -84,6 +84,7 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
                     claim_ttl=ctx.settings.claim_ttl,
                 )
                 claimed = got.actions
+                ctx.interrupt.kill_seen = got.killed
                 if got.killed:
                     outcome = TickOutcome.KILLED
                 elif got.paused:

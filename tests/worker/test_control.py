@@ -86,6 +86,41 @@ async def test_kill_stops_a_running_worker_promptly_with_exit_code_zero(
     assert await h.lease_released(pool)  # released
 
 
+async def test_a_kill_read_by_the_claim_is_recorded_once_under_that_tick(
+    settings: Settings, db_url: str, pool: asyncpg.Pool[Any]
+) -> None:
+    """The kill's notification arrives while the tick whose claim read the kill is writing
+    its ledger row (held up here by a lock on the ledger): that tick's row is the only one."""
+    async with h.background_worker(idle(settings), db_url, h.registry()) as worker:
+        await h.wait_outcome(pool, "idle")
+        async with pool.acquire() as blocker, pool.acquire() as quiet:
+            tx = blocker.transaction()
+            await tx.start()
+            await blocker.execute("LOCK TABLE aol.tick_ledger IN SHARE MODE")
+            # The kill without its notification (triggers do not fire for a replica role).
+            await quiet.execute("SET session_replication_role = replica")
+            await quiet.execute(
+                "UPDATE aol.control_flags SET killed = true, reason = 'stop', changed_by = 't'"
+            )
+            await quiet.execute("RESET session_replication_role")
+            await pool.execute("SELECT pg_notify($1, 'INSERT')", store.WAKEUP_CHANNEL)
+            await wait_for(
+                lambda: pool.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%tick_ledger%'"
+                ),
+                what="the tick's ledger row waiting on the lock",
+            )
+            await pool.execute("SELECT pg_notify($1, 'flags')", store.WAKEUP_CHANNEL)
+            await asyncio.sleep(0.3)  # the worker reads the flags while its row waits
+            await tx.commit()
+        code = await worker.exited(timeout=5.0)
+
+    assert code == EXIT_OK
+    rows = await h.ledger(pool)
+    assert [(r["tick"], r["outcome"]) for r in rows] == [(1, "idle"), (2, "killed")]
+
+
 async def test_a_worker_started_while_killed_exits_at_once_without_claiming(
     settings: Settings, db_url: str, pool: asyncpg.Pool[Any]
 ) -> None:
