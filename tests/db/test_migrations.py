@@ -182,3 +182,33 @@ async def test_a_failing_migration_is_rolled_back_and_named(empty_db_url: str) -
         assert await conn.fetchval("SELECT count(*) FROM aol.actions") == 1
     finally:
         await conn.close()
+
+
+async def test_0008_keeps_a_finished_index_built_beforehand_and_rebuilds_an_invalid_one(
+    empty_db_url: str,
+) -> None:
+    name = "actions_finished_idx"
+    index = f"aol.{name}"
+    build = f"INDEX {name} ON aol.actions (finished_at) WHERE finished_at IS NOT NULL"
+    valid = f"SELECT indisvalid FROM pg_index WHERE indexrelid = '{index}'::regclass"
+    await upgrade(empty_db_url, "0007")
+    conn: asyncpg.Connection[Any] = await asyncpg.connect(empty_db_url)
+    try:
+        await conn.execute(f"CREATE {build.replace('INDEX', 'INDEX CONCURRENTLY', 1)}")
+        built = await conn.fetchval(f"SELECT '{index}'::regclass::oid")
+        await upgrade(empty_db_url)
+        assert await conn.fetchval(f"SELECT '{index}'::regclass::oid") == built  # kept
+
+        await downgrade(empty_db_url, "0007")
+        assert await conn.fetchval(f"SELECT to_regclass('{index}')") is None
+        await conn.execute(f"CREATE {build}")
+        # What a failed CREATE INDEX CONCURRENTLY leaves behind.
+        await conn.execute(
+            f"UPDATE pg_index SET indisvalid = false WHERE indexrelid = '{index}'::regclass"
+        )
+        invalid = await conn.fetchval(f"SELECT '{index}'::regclass::oid")
+        await upgrade(empty_db_url)
+        assert await conn.fetchval(valid) is True
+        assert await conn.fetchval(f"SELECT '{index}'::regclass::oid") != invalid  # rebuilt
+    finally:
+        await conn.close()

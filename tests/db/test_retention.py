@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from aol import Client
+from aol.db import store
 from aol.errors import ConfigError
 from aol.retention import parse_age, prune
 from tests.factory import insert_action
@@ -77,6 +78,25 @@ async def test_dead_actions_go_only_when_asked_and_a_dry_run_deletes_nothing(
         await prune(conn, older_than_s=30 * 86400, include_dead=True)
     assert ids["old_dead"] not in await remaining(pool)
     assert len(await remaining(pool)) == 3
+
+
+async def test_a_prune_batch_reads_the_finished_index_not_the_whole_table(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """Without the index each batch reads every row and sorts them: quadratic in history."""
+    await pool.execute(
+        "INSERT INTO aol.actions (idempotency_key, action_type, payload, status, attempts,"
+        " created_at, updated_at, finished_at)"
+        " SELECT 'h' || g, 'POST_SOCIAL', '{}', 'succeeded', 1, t, t, t"
+        "   FROM generate_series(1, 20000) g,"
+        "        LATERAL (SELECT now() - make_interval(secs => g * 600.0) AS t) x"
+    )
+    await pool.execute("ANALYZE aol.actions")
+    explain = f"EXPLAIN {store.q('prune_actions')}"  # planned, not run: nothing is deleted
+    rows = await pool.fetch(explain, ["succeeded", "cancelled"], 30 * 86400.0, 1000)
+    plan = "\n".join(r[0] for r in rows)
+    assert "Index Scan using actions_finished_idx" in plan, plan
+    assert "Sort" not in plan, plan  # the oldest come in index order, not sorted after a scan
 
 
 async def test_a_pruned_idempotency_key_is_free_again(db_url: str, pool: asyncpg.Pool[Any]) -> None:
