@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,16 +35,18 @@ _REJECTING_STATES = {
     "54000",  # program_limit_exceeded
 }
 
-try:  # an AsyncSession is accepted when SQLAlchemy is present (it is a dependency)
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-except ImportError:  # pragma: no cover
-    AsyncSession = AsyncConnection = None  # type: ignore[misc,assignment]
-
 
 async def _raw_connection(target: Any) -> store.Executor:
-    """An asyncpg connection or pool behind `target` (a pool, connection or AsyncSession)."""
-    if AsyncSession is not None and isinstance(target, AsyncSession | AsyncConnection):
-        conn = await (target.connection() if isinstance(target, AsyncSession) else _same(target))
+    """An asyncpg connection or pool behind `target` (a pool, connection or AsyncSession).
+
+    SQLAlchemy is never imported here: a caller holding an AsyncSession has imported it
+    already. (Importing it costs a third of a second, in every process that imports aol:
+    workers, and the child process of every isolated handler.)"""
+    if isinstance(target, asyncpg.Connection | asyncpg.Pool):
+        return target
+    sa: Any = sys.modules.get("sqlalchemy.ext.asyncio")
+    if sa is not None and isinstance(target, sa.AsyncSession | sa.AsyncConnection):
+        conn = await (target.connection() if isinstance(target, sa.AsyncSession) else _same(target))
         raw = await conn.get_raw_connection()
         driver = raw.driver_connection
         if not isinstance(driver, asyncpg.Connection):
@@ -52,8 +55,6 @@ async def _raw_connection(target: Any) -> store.Executor:
                 f"got {type(driver).__name__}"
             )
         return driver
-    if isinstance(target, asyncpg.Connection | asyncpg.Pool):
-        return target
     raise TypeError(
         "connection must be an asyncpg Connection or Pool, or an SQLAlchemy AsyncSession, "
         f"got {type(target).__name__}"
