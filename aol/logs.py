@@ -45,6 +45,8 @@ EVENTS: Final[dict[str, str]] = {
     "listener_probe_failed": "the LISTEN connection did not hear its own NOTIFY; reconnecting",
     "health_listening": "the /healthz, /readyz and /metrics endpoints are served",
     "metrics_read_failed": "a /metrics scrape could not read the database; it reports db_up 0",
+    "slow_read_failed": "a background read of history (finished counts, action types) failed; "
+    "the last value stays",
     "worker_paused": "the pause flag is set; nothing is claimed",
     "worker_killed": "the kill flag is set; the worker exits",
     "worker_stopping": "a signal asked the worker to stop; draining",

@@ -132,3 +132,6 @@ class MetricsSnapshot:
     by_status: dict[str, int]
     queue_lag_s: float
     lease_heartbeat_age_s: float | None
+    # Age of the succeeded and cancelled counts in `by_status` (kept between scrapes, see
+    # aol/db/slowread.py); None while they are not counted yet (they are then left out).
+    finished_age_s: float | None = None

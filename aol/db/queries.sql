@@ -307,6 +307,22 @@ SELECT now() AS now,
 -- name: count_by_status
 SELECT status, count(*) AS n FROM aol.actions GROUP BY status ORDER BY status;
 
+-- name: count_live
+-- Pending, retry, running and dead actions, each counted through its partial index: the
+-- cost follows the live queue and the dead-letter queue, not the history.
+SELECT status, count(*) AS n FROM aol.actions WHERE status IN ('pending', 'retry')
+ GROUP BY status
+UNION ALL
+SELECT 'running', count(*) FROM aol.actions WHERE status = 'running'
+UNION ALL
+SELECT 'dead', count(*) FROM aol.actions WHERE status = 'dead';
+
+-- name: count_finished
+-- Succeeded and cancelled actions: the history, read whole (callers keep the answer, see
+-- aol/db/slowread.py).
+SELECT status, count(*) AS n FROM aol.actions WHERE status IN ('succeeded', 'cancelled')
+ GROUP BY status;
+
 -- name: last_tick
 SELECT id, owner, epoch, tick, started_at, finished_at, duration_ms, outcome, claimed,
        succeeded, retried, dead, error
@@ -557,12 +573,18 @@ SELECT s.suffix, $1::text || '_' || s.suffix AS role, r.oid IS NOT NULL AS exist
 SELECT set_config('statement_timeout', $1::text, false);
 
 -- name: read_metrics
--- One statement, so one snapshot: actions by status (one pass over aol.actions), the age in
--- seconds of the oldest due runnable action (0 when none waits; answered from the
+-- One statement, so one snapshot: the live statuses' counts (as count_live: through their
+-- partial indexes; succeeded and cancelled are counted apart, see aol/db/slowread.py), the
+-- age in seconds of the oldest due runnable action (0 when none waits; answered from the
 -- runnable-due index), and the age of the lease row's last heartbeat (NULL when the lease is
 -- released or was never held), all on the database clock.
 WITH counts AS (
-    SELECT status, count(*) AS n FROM aol.actions GROUP BY status
+    SELECT status, count(*) AS n FROM aol.actions WHERE status IN ('pending', 'retry')
+     GROUP BY status
+    UNION ALL
+    SELECT 'running', count(*) FROM aol.actions WHERE status = 'running'
+    UNION ALL
+    SELECT 'dead', count(*) FROM aol.actions WHERE status = 'dead'
 )
 SELECT (SELECT coalesce(array_agg(status ORDER BY status), '{}') FROM counts) AS statuses,
        (SELECT coalesce(array_agg(n ORDER BY status), '{}') FROM counts) AS counts,
@@ -633,15 +655,55 @@ SELECT l.id, l.action_id, a.action_type, l.attempt, l.epoch, l.tick, l.level, l.
  LIMIT $1;
 
 -- name: list_actions
--- Actions, newest change first, filtered by status and type (NULL: any).
+-- Actions, newest change first, filtered by status and type (NULL: any). An action's last
+-- change is its finish when it has finished_at (aol sets updated_at with it), else its last
+-- update. Each part is read in the order of an index and cut at the limit (the runnable and
+-- running partial indexes; actions_finished_idx; actions_unstamped_idx for a finished
+-- status without finished_at, which only SQL outside aol writes), so the list costs the
+-- same with a long history. Every row is in exactly one part. Planned per call (the
+-- dashboard's pool uses custom plans), so a given status reaches only its own parts.
 -- $1 status, $2 action type, $3 limit
-SELECT id, idempotency_key, action_type, payload, status, priority, attempts, max_attempts,
-       not_before, last_error, claimed_by, claim_epoch, created_at, updated_at, finished_at
-  FROM aol.actions
- WHERE ($1::text IS NULL OR status = $1::text)
-   AND ($2::text IS NULL OR action_type = $2::text)
- ORDER BY updated_at DESC, id DESC
- LIMIT $3;
+WITH runnable AS (
+    SELECT id, updated_at AS changed_at FROM aol.actions
+     WHERE status IN ('pending', 'retry') AND finished_at IS NULL
+       AND ($1::text IS NULL OR status = $1::text)
+       AND ($2::text IS NULL OR action_type = $2::text)
+     ORDER BY updated_at DESC, id DESC
+     LIMIT $3
+), running AS (
+    SELECT id, updated_at AS changed_at FROM aol.actions
+     WHERE status = 'running' AND finished_at IS NULL
+       AND ($1::text IS NULL OR status = $1::text)
+       AND ($2::text IS NULL OR action_type = $2::text)
+     ORDER BY updated_at DESC, id DESC
+     LIMIT $3
+), finished AS (
+    SELECT id, finished_at AS changed_at FROM aol.actions
+     WHERE finished_at IS NOT NULL
+       AND ($1::text IS NULL OR status = $1::text)
+       AND ($2::text IS NULL OR action_type = $2::text)
+     ORDER BY finished_at DESC, id DESC
+     LIMIT $3
+), unstamped AS (
+    SELECT id, updated_at AS changed_at FROM aol.actions
+     WHERE finished_at IS NULL AND status IN ('succeeded', 'cancelled', 'dead')
+       AND ($1::text IS NULL OR status = $1::text)
+       AND ($2::text IS NULL OR action_type = $2::text)
+     ORDER BY updated_at DESC, id DESC
+     LIMIT $3
+), newest AS (
+    SELECT id, changed_at FROM runnable
+    UNION ALL SELECT id, changed_at FROM running
+    UNION ALL SELECT id, changed_at FROM finished
+    UNION ALL SELECT id, changed_at FROM unstamped
+     ORDER BY changed_at DESC, id DESC
+     LIMIT $3
+)
+SELECT a.id, a.idempotency_key, a.action_type, a.payload, a.status, a.priority, a.attempts,
+       a.max_attempts, a.not_before, a.last_error, a.claimed_by, a.claim_epoch, a.created_at,
+       a.updated_at, a.finished_at
+  FROM newest n JOIN aol.actions a ON a.id = n.id
+ ORDER BY n.changed_at DESC, n.id DESC;
 
 -- name: list_action_types
 -- Every action type stored, for the type filter.

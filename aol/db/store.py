@@ -429,6 +429,33 @@ async def count_by_status(db: Executor) -> dict[str, int]:
     return counts
 
 
+LIVE_STATUSES = (
+    ActionStatus.PENDING,
+    ActionStatus.RETRY,
+    ActionStatus.RUNNING,
+    ActionStatus.DEAD,
+)
+FINISHED_STATUSES = (ActionStatus.SUCCEEDED, ActionStatus.CANCELLED)
+
+
+async def count_live(db: Executor) -> dict[str, int]:
+    """Pending, retry, running and dead actions (through partial indexes: cheap while the
+    queues are short, however long the history)."""
+    return _counts(LIVE_STATUSES, await db.fetch(q("count_live")))
+
+
+async def count_finished(db: Executor) -> dict[str, int]:
+    """Succeeded and cancelled actions: reads the whole history (see aol/db/slowread.py)."""
+    return _counts(FINISHED_STATUSES, await db.fetch(q("count_finished")))
+
+
+def _counts(statuses: tuple[ActionStatus, ...], rows: list[Any]) -> dict[str, int]:
+    counts = {str(s): 0 for s in statuses}
+    for row in rows:
+        counts[str(row["status"])] = int(row["n"])
+    return counts
+
+
 async def last_tick(db: Executor) -> TickRecord | None:
     row = await db.fetchrow(q("last_tick"))
     if row is None:
@@ -527,9 +554,10 @@ async def set_statement_timeout(conn: Executor, *, seconds: float) -> None:
 
 
 async def read_metrics(db: Executor, *, timeout: float | None = None) -> MetricsSnapshot:
-    """Actions by status (every status present, 0 for none), queue lag and lease heartbeat."""
+    """Live actions by status (`LIVE_STATUSES`, 0 for none), queue lag and lease heartbeat;
+    succeeded and cancelled are counted apart (`count_finished`)."""
     row = await db.fetchrow(q("read_metrics"), timeout=timeout)
-    by_status = {str(s): 0 for s in ActionStatus}
+    by_status = {str(s): 0 for s in LIVE_STATUSES}
     for status, n in zip(row["statuses"], row["counts"], strict=True):
         by_status[str(status)] = int(n)
     age = row["lease_heartbeat_age_s"]

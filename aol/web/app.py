@@ -133,6 +133,7 @@ class Dashboard:
     pool: asyncpg.Pool[Any]
     sessions: Sessions
     templates: Jinja2Templates
+    slow_reads: views.SlowReads
 
     @property
     def controls_enabled(self) -> bool:
@@ -220,7 +221,7 @@ async def _overview(request: Request, template: str) -> Response:
             f"unknown status {filters.status!r}; expected one of "
             f"{', '.join(str(s) for s in ActionStatus)} or {views.ANY}",
         )
-    model = await views.read_overview(d.pool, filters)
+    model = await views.read_overview(d.pool, filters, d.slow_reads)
     return d.render(request, template, {"o": model})
 
 
@@ -539,6 +540,7 @@ def create_app(settings: Settings, pool: asyncpg.Pool[Any]) -> Starlette:
         pool=pool,
         sessions=Sessions(),
         templates=Jinja2Templates(env=environment()),
+        slow_reads=views.SlowReads.on(pool),
     )
     app.add_middleware(SecurityHeaders)
     return app

@@ -25,7 +25,9 @@ async def serve(settings: Settings, url: str, *, started: asyncio.Event | None =
     """Serve on settings.dashboard_host:dashboard_port; refuses a non-loopback address
     without a token before touching the database."""
     auth.check_bind(settings.dashboard_host, settings.dashboard_token)
-    pool = await create_pool(url, min_size=1, max_size=POOL_MAX_SIZE, application_name="aol-web")
+    pool = await create_pool(
+        url, min_size=1, max_size=POOL_MAX_SIZE, application_name="aol-web", custom_plans=True
+    )
     try:
         app = create_app(settings, pool)
         config = uvicorn.Config(
@@ -38,7 +40,10 @@ async def serve(settings: Settings, url: str, *, started: asyncio.Event | None =
             lifespan="off",
             server_header=False,
         )
-        await _Server(config, settings, started).serve()
+        try:
+            await _Server(config, settings, started).serve()
+        finally:
+            await app.state.dashboard.slow_reads.close()
     finally:
         await asyncio.wait_for(pool.close(), timeout=10)
 

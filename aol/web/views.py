@@ -2,7 +2,11 @@
 
 Each page load (and each refresh) reads in one read-only REPEATABLE READ transaction, so
 the numbers on a page agree with each other and with the database at one instant, the
-database's `now()`. Nothing is cached between requests.
+database's `now()`. Two reads are the exception, because their cost grows with the history
+rather than with the queue: the succeeded and cancelled counts and the list of action
+types. They are kept between requests in `SlowReads` (see `aol.db.slowread`: on a small
+table they are read again at every request; on a large one at most every 20 times as long
+as they take, in the background), and the page says how old the counts are.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 import asyncpg
 
 from aol.db import store
+from aol.db.slowread import SlowRead
 from aol.model import ActionStatus, Flags, TickRecord
 from aol.web.charts import Chart, duration_chart, throughput_chart
 
@@ -109,12 +114,41 @@ class Filters:
 
 
 @dataclass(frozen=True, slots=True)
+class SlowReads:
+    """The overview's reads whose cost grows with the history, kept between requests."""
+
+    finished_counts: SlowRead[dict[str, int]]
+    action_types: SlowRead[list[str]]
+
+    @classmethod
+    def on(cls, pool: asyncpg.Pool[Any]) -> SlowReads:
+        async def finished_counts() -> dict[str, int]:
+            async with pool.acquire() as conn:
+                return await store.count_finished(conn)
+
+        async def action_types() -> list[str]:
+            async with pool.acquire() as conn:
+                return await store.list_action_types(conn)
+
+        return cls(
+            finished_counts=SlowRead(finished_counts, name="finished_counts"),
+            action_types=SlowRead(action_types, name="action_types"),
+        )
+
+    async def close(self) -> None:
+        await self.finished_counts.close()
+        await self.action_types.close()
+
+
+@dataclass(frozen=True, slots=True)
 class Overview:
     now: datetime
     lease: LeaseView
     flags: Flags
     last_tick: TickRecord | None
     counts: dict[str, int]
+    # How old the succeeded and cancelled counts are (the others are read with the page).
+    finished_counts_age_s: float
     lag: dict[str, Any] | None
     throughput: Chart
     duration: Chart
@@ -136,7 +170,9 @@ class ActionPage:
     logs: list[dict[str, Any]]
 
 
-async def read_overview(pool: asyncpg.Pool[Any], filters: Filters) -> Overview:
+async def read_overview(pool: asyncpg.Pool[Any], filters: Filters, slow: SlowReads) -> Overview:
+    finished, finished_age = await slow.finished_counts.get()
+    action_types, _ = await slow.action_types.get()
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         lease_row = await store.read_lease_state(conn)
         history = await store.tick_history(conn, window_s=CHART_WINDOW_S)
@@ -146,7 +182,8 @@ async def read_overview(pool: asyncpg.Pool[Any], filters: Filters) -> Overview:
             lease=lease_view(lease_row),
             flags=await store.read_flags(conn),
             last_tick=await store.last_tick(conn),
-            counts=await store.count_by_status(conn),
+            counts=_in_status_order({**await store.count_live(conn), **finished}),
+            finished_counts_age_s=finished_age,
             lag=await store.queue_lag(conn),
             throughput=throughput_chart(history, now),
             duration=duration_chart(history, now),
@@ -158,7 +195,7 @@ async def read_overview(pool: asyncpg.Pool[Any], filters: Filters) -> Overview:
                 action_type=filters.action_type,
                 limit=ACTIONS_SHOWN,
             ),
-            action_types=await store.list_action_types(conn),
+            action_types=action_types,
             filters=filters,
         )
 
@@ -174,3 +211,7 @@ async def read_action_page(pool: asyncpg.Pool[Any], action_id: int) -> ActionPag
             action=action,
             logs=await store.list_action_logs(conn, action_id=action_id),
         )
+
+
+def _in_status_order(counts: dict[str, int]) -> dict[str, int]:
+    return {str(s): counts.get(str(s), 0) for s in ActionStatus}

@@ -12,7 +12,10 @@ several workers in one process keep apart. Three sources feed it:
 * `DatabaseGauges`: actions by status, queue lag and the lease row's heartbeat age, read
   from the database when `/metrics` is scraped, over a dedicated connection with a short
   statement timeout. When that read fails, `aol_metrics_db_up` is 0 and those gauges are
-  left out rather than reported stale; the scrape itself still answers.
+  left out rather than reported stale; the scrape itself still answers. Succeeded and
+  cancelled actions are the history, whose count grows with it: they are counted on a
+  connection of their own, kept between scrapes and counted again in the background
+  (`aol.db.slowread`), and their age is a gauge; a scrape never waits for a slow count.
 
 Claims and results are both counted when their tick ends, and every claimed attempt ends in
 exactly one result, except when the database fails while the tick writes its results (the
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import time
 from bisect import bisect_left
@@ -41,6 +45,7 @@ from prometheus_client.registry import Collector
 
 from aol.db import store
 from aol.db.connect import connect
+from aol.db.slowread import RATIO, SlowRead
 from aol.logs import get_logger
 from aol.model import Action, AttemptResult, MetricsSnapshot, TickOutcome
 
@@ -55,6 +60,8 @@ TICK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 # after DB_READ_BUDGET. Either way the scrape answers, with aol_metrics_db_up 0.
 DB_STATEMENT_TIMEOUT = 2.0
 DB_READ_BUDGET = 3.0
+# Counting the finished history runs in the background: it may take long on a large table.
+FINISHED_COUNT_TIMEOUT = 600.0
 
 _CLAIMED = "claimed"
 _RESULTS: dict[str, tuple[str, str]] = {
@@ -259,6 +266,7 @@ class DatabaseGauges(Collector):
         self._lock = asyncio.Lock()
         self._snapshot: MetricsSnapshot | None = None
         self._read_seconds = 0.0
+        self._finished = SlowRead(self._count_finished, name="finished_counts")
 
     async def refresh(self) -> None:
         """Read the database once; on failure or timeout, remember that it failed."""
@@ -280,9 +288,32 @@ class DatabaseGauges(Collector):
                     error=str(exc) or "timed out",
                     error_type=type(exc).__name__,
                 )
+            else:
+                left = self.budget - (time.monotonic() - started)
+                self._snapshot = await self._with_finished(self._snapshot, left)
             self._read_seconds = time.monotonic() - started
 
+    async def _with_finished(self, snap: MetricsSnapshot, budget: float) -> MetricsSnapshot:
+        """The snapshot with the finished counts, when there are some to give in time."""
+        try:
+            async with asyncio.timeout(max(0.0, budget)):
+                finished, age = await self._finished.get()
+        except Exception:  # still counting (the count goes on), or failing: left out
+            return snap
+        return dataclasses.replace(
+            snap, by_status={**snap.by_status, **finished}, finished_age_s=age
+        )
+
+    async def _count_finished(self) -> dict[str, int]:
+        conn = await connect(self.url, application_name=f"{self.application_name} counts")
+        try:
+            await store.set_statement_timeout(conn, seconds=FINISHED_COUNT_TIMEOUT)
+            return await store.count_finished(conn)
+        finally:
+            await conn.close()
+
     async def close(self) -> None:
+        await self._finished.close()
         async with self._lock:
             conn, self._conn = self._conn, None
             if conn is not None:
@@ -313,12 +344,20 @@ def _database_families(snap: MetricsSnapshot | None, read_seconds: float) -> lis
         "aol_lease_row_heartbeat_age_seconds",
         "Seconds since the lease row's last heartbeat, whoever holds it; absent when released",
     )
+    finished_age = GaugeMetricFamily(
+        "aol_actions_finished_count_age_seconds",
+        "Age of the succeeded and cancelled counts in aol_actions (counted again in the "
+        f"background once older than {RATIO:g} times their counting time); absent until "
+        "counted",
+    )
     if snap is not None:
         for status, n in snap.by_status.items():
             by_status.add_metric([status], n)
         lag.add_metric([], snap.queue_lag_s)
         if snap.lease_heartbeat_age_s is not None:
             heartbeat.add_metric([], snap.lease_heartbeat_age_s)
+        if snap.finished_age_s is not None:
+            finished_age.add_metric([], snap.finished_age_s)
     return [
         GaugeMetricFamily(
             "aol_metrics_db_up",
@@ -334,4 +373,5 @@ def _database_families(snap: MetricsSnapshot | None, read_seconds: float) -> lis
         by_status,
         lag,
         heartbeat,
+        finished_age,
     ]

@@ -67,7 +67,8 @@ async def test_the_figures_on_the_page_match_the_database(
 
     # With no filter the list is the dead-letter queue, newest change first.
     dead = await pool.fetch(
-        "SELECT id FROM aol.actions WHERE status = 'dead' ORDER BY updated_at DESC, id DESC"
+        "SELECT id FROM aol.actions WHERE status = 'dead' "
+        "ORDER BY coalesce(finished_at, updated_at) DESC, id DESC"
     )
     assert row_ids(page) == [r["id"] for r in dead]
     assert "SMTPRecipientsRefused: nobody@invalid" in page  # last error
@@ -98,7 +99,8 @@ async def test_filters_by_status_and_type_list_exactly_those_actions(
             answer = await client.get("/live", params={"status": status, "type": action_type})
             expected = await pool.fetch(
                 "SELECT id FROM aol.actions WHERE ($1 = 'all' OR status = $1) "
-                "AND ($2 = '' OR action_type = $2) ORDER BY updated_at DESC, id DESC",
+                "AND ($2 = '' OR action_type = $2) "
+                "ORDER BY coalesce(finished_at, updated_at) DESC, id DESC",
                 status,
                 action_type,
             )
