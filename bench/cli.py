@@ -6,6 +6,7 @@
     python -m bench tune --batch-sizes 50,200,1000  # aol drain rate per batch size
     python -m bench probe                    # aol's claim/finish statements, timed
     python -m bench profile                  # py-spy samples of aol's worker in a drain
+    python -m bench history                  # dashboard, /metrics and prune on a long history
     python -m bench cleanup                  # drop aol_bench_* databases left behind
     python -m bench report bench/results/<timestamp>.jsonl   # the table again
 """
@@ -23,7 +24,7 @@ import time
 import traceback
 from typing import Any
 
-from bench import db, payload, probe, profile, report
+from bench import db, history, payload, probe, profile, report
 from bench.config import DEFAULT_DATABASE_URL, RESULTS_DIR, SCENARIOS, Config, Run
 from bench.scenarios import SCENARIO_FUNCS
 from bench.systems import SYSTEM_NAMES, Aol, PgQueuer, Procrastinate, System
@@ -179,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(pay)
     payload.add_arguments(pay)
 
+    hist = sub.add_parser(
+        "history", help="aol's dashboard, /metrics and prune with 0 to 1,000,000 finished rows"
+    )
+    _common(hist)
+    history.add_arguments(hist)
+
     clean = sub.add_parser("cleanup", help="drop aol_bench_* databases left behind")
     _common(clean)
 
@@ -195,6 +202,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "probe",
         "profile",
         "payload",
+        "history",
         "cleanup",
         "report",
         "-h",
@@ -366,4 +374,6 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(profile.main(args, say))
     if args.command == "payload":
         return asyncio.run(payload.main(args, say))
+    if args.command == "history":
+        return asyncio.run(history.main(args, say))
     return asyncio.run(run_benchmark(args, argv))

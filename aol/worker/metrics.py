@@ -266,6 +266,7 @@ class DatabaseGauges(Collector):
         self._lock = asyncio.Lock()
         self._snapshot: MetricsSnapshot | None = None
         self._read_seconds = 0.0
+        self._count_conn: asyncpg.Connection[Any] | None = None
         self._finished = SlowRead(self._count_finished, name="finished_counts")
 
     async def refresh(self) -> None:
@@ -305,20 +306,28 @@ class DatabaseGauges(Collector):
         )
 
     async def _count_finished(self) -> dict[str, int]:
-        conn = await connect(self.url, application_name=f"{self.application_name} counts")
+        """On a connection of its own, kept (SlowRead runs one count at a time)."""
         try:
-            await store.set_statement_timeout(conn, seconds=FINISHED_COUNT_TIMEOUT)
-            return await store.count_finished(conn)
-        finally:
-            await conn.close()
+            if self._count_conn is None or self._count_conn.is_closed():
+                self._count_conn = await connect(
+                    self.url, application_name=f"{self.application_name} counts"
+                )
+                await store.set_statement_timeout(self._count_conn, seconds=FINISHED_COUNT_TIMEOUT)
+            return await store.count_finished(self._count_conn)
+        except BaseException:
+            conn, self._count_conn = self._count_conn, None
+            if conn is not None and not conn.is_closed():
+                conn.terminate()
+            raise
 
     async def close(self) -> None:
         await self._finished.close()
         async with self._lock:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(conn.close(), timeout=5)
+            for conn in (self._conn, self._count_conn):
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), timeout=5)
+            self._conn = self._count_conn = None
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
