@@ -658,10 +658,12 @@ SELECT l.id, l.action_id, a.action_type, l.attempt, l.epoch, l.tick, l.level, l.
 -- Actions, newest change first, filtered by status and type (NULL: any). An action's last
 -- change is its finish when it has finished_at (aol sets updated_at with it), else its last
 -- update. Each part is read in the order of an index and cut at the limit (the runnable and
--- running partial indexes; actions_finished_idx; actions_unstamped_idx for a finished
--- status without finished_at, which only SQL outside aol writes), so the list costs the
--- same with a long history. Every row is in exactly one part. Planned per call (the
--- dashboard's pool uses custom plans), so a given status reaches only its own parts.
+-- running partial indexes; actions_finished_idx, or actions_cancelled_idx for cancelled
+-- ones; actions_unstamped_idx for a finished status without finished_at, which only SQL
+-- outside aol writes), so a status view costs the same with a long history (a type filter
+-- reads finished rows until it has found $3 of that type). Every row is in exactly one
+-- part. Planned per call (the dashboard's pool uses custom plans), so a given status
+-- reaches only its own parts.
 -- $1 status, $2 action type, $3 limit
 WITH runnable AS (
     SELECT id, updated_at AS changed_at FROM aol.actions

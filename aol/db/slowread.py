@@ -25,6 +25,10 @@ RATIO = 20.0
 FAST = 0.05  # seconds
 
 
+class SlowReadClosed(RuntimeError):
+    """The SlowRead was closed: nothing more is read."""
+
+
 class SlowRead(Generic[T]):
     def __init__(
         self,
@@ -48,27 +52,38 @@ class SlowRead(Generic[T]):
         self._took = 0.0
         self._error: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def get(self) -> tuple[T, float]:
         """The value and its age in seconds (time since its read started).
 
         Waits for a read when there is no value yet or the read is fast; otherwise answers
         at once, starting a background read when the value is due. Raises the read's error
-        only while there has never been a value."""
+        only while there has never been a value, and SlowReadClosed once closed."""
+        if self._closed:
+            raise SlowReadClosed(f"{self.name}: closed")
         if self._task is None and self._due():
             self._task = asyncio.get_running_loop().create_task(
                 self._refresh(), name=f"aol-slowread-{self.name}"
             )
         task = self._task
         if task is not None and (not self._have or self._took < self.fast):
-            await asyncio.shield(task)
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                caller = asyncio.current_task()
+                if caller is not None and caller.cancelling():
+                    raise  # the caller is cancelled: let it go
+                # The read was cancelled under us (close()): an error, not a cancellation.
+                raise SlowReadClosed(f"{self.name}: closed while reading") from None
         if not self._have:
             assert self._error is not None
             raise self._error
         return cast(T, self._value), max(0.0, self._clock() - self._read_at)
 
     async def close(self) -> None:
-        """Stop a read in flight (its connection goes back to its pool)."""
+        """Stop a read in flight (its connection goes back to its pool); read no more."""
+        self._closed = True
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()

@@ -66,6 +66,7 @@ async def run_tick(ctx: WorkerContext, tick: int) -> TickReport:
     error: str | None = None
     rescued = 0
     timed_out = failed = False
+    ctx.interrupt.kill_seen = False
     try:
         async with asyncio.timeout(ctx.settings.tick_timeout):
             if not ctx.lease.held:

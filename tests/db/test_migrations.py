@@ -184,31 +184,39 @@ async def test_a_failing_migration_is_rolled_back_and_named(empty_db_url: str) -
         await conn.close()
 
 
-async def test_0008_keeps_a_finished_index_built_beforehand_and_rebuilds_an_invalid_one(
+async def test_0008_keeps_indexes_built_beforehand_and_rebuilds_invalid_ones(
     empty_db_url: str,
 ) -> None:
-    name = "actions_finished_idx"
-    index = f"aol.{name}"
-    build = f"INDEX {name} ON aol.actions (finished_at) WHERE finished_at IS NOT NULL"
-    valid = f"SELECT indisvalid FROM pg_index WHERE indexrelid = '{index}'::regclass"
+    definitions = {
+        "actions_finished_idx": "(finished_at) WHERE finished_at IS NOT NULL",
+        "actions_cancelled_idx": "(finished_at) WHERE status = 'cancelled'",
+        "actions_unstamped_idx": "(updated_at) "
+        "WHERE finished_at IS NULL AND status IN ('succeeded', 'cancelled', 'dead')",
+    }
+    oids = "SELECT to_regclass('aol.' || n)::oid FROM unnest($1::text[]) n"
+    valid = "SELECT bool_and(indisvalid) FROM pg_index WHERE indexrelid = ANY ($1::oid[])"
+    names = list(definitions)
     await upgrade(empty_db_url, "0007")
     conn: asyncpg.Connection[Any] = await asyncpg.connect(empty_db_url)
     try:
-        await conn.execute(f"CREATE {build.replace('INDEX', 'INDEX CONCURRENTLY', 1)}")
-        built = await conn.fetchval(f"SELECT '{index}'::regclass::oid")
+        for name, definition in definitions.items():
+            await conn.execute(f"CREATE INDEX CONCURRENTLY {name} ON aol.actions {definition}")
+        built = [r[0] for r in await conn.fetch(oids, names)]
         await upgrade(empty_db_url)
-        assert await conn.fetchval(f"SELECT '{index}'::regclass::oid") == built  # kept
+        assert [r[0] for r in await conn.fetch(oids, names)] == built  # kept
 
         await downgrade(empty_db_url, "0007")
-        assert await conn.fetchval(f"SELECT to_regclass('{index}')") is None
-        await conn.execute(f"CREATE {build}")
+        assert [r[0] for r in await conn.fetch(oids, names)] == [None] * 3
+        for name, definition in definitions.items():
+            await conn.execute(f"CREATE INDEX {name} ON aol.actions {definition}")
         # What a failed CREATE INDEX CONCURRENTLY leaves behind.
+        invalid = [r[0] for r in await conn.fetch(oids, names)]
         await conn.execute(
-            f"UPDATE pg_index SET indisvalid = false WHERE indexrelid = '{index}'::regclass"
+            "UPDATE pg_index SET indisvalid = false WHERE indexrelid = ANY ($1::oid[])", invalid
         )
-        invalid = await conn.fetchval(f"SELECT '{index}'::regclass::oid")
         await upgrade(empty_db_url)
-        assert await conn.fetchval(valid) is True
-        assert await conn.fetchval(f"SELECT '{index}'::regclass::oid") != invalid  # rebuilt
+        rebuilt = [r[0] for r in await conn.fetch(oids, names)]
+        assert await conn.fetchval(valid, rebuilt) is True
+        assert not set(rebuilt) & set(invalid)  # each one built anew
     finally:
         await conn.close()

@@ -116,7 +116,7 @@ async def test_the_action_list_has_every_row_once_newest_change_first_without_a_
                 assert [r["id"] for r in listed] == [r["id"] for r in want], (status, limit)
     async with pool.acquire() as conn:
         await conn.execute("SET plan_cache_mode = force_custom_plan")
-        for status in (None, "succeeded", "dead"):
+        for status in (None, "succeeded", "cancelled", "dead"):
             rows = await conn.fetch("EXPLAIN " + store.q("list_actions"), status, None, 50)
             plan = "\n".join(r[0] for r in rows)
             assert "Seq Scan on actions" not in plan, (status, plan)

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from aol.db.slowread import SlowRead
+from aol.db.slowread import SlowRead, SlowReadClosed
 
 
 class Source:
@@ -93,13 +93,32 @@ async def test_a_failing_read_raises_until_there_is_a_value_then_the_value_stays
     assert src.now == pytest.approx(106.0)  # three reads of 2 s each: no spinning
 
 
-async def test_close_stops_a_read_in_flight() -> None:
+async def test_close_stops_a_read_in_flight_and_any_later_one() -> None:
     src = Source(took=2.0)
     src.gate = asyncio.Event()
     cached = SlowRead(src.read, name="t", clock=src.clock)
     waiting = asyncio.create_task(cached.get())
     await settle()
     await cached.close()
-    with pytest.raises(asyncio.CancelledError):
+    # The waiter was not cancelled itself: it gets an error it can catch as one.
+    with pytest.raises(SlowReadClosed, match="closed while reading"):
         await waiting
+    with pytest.raises(SlowReadClosed):
+        await cached.get()
+    src.gate.set()
+    await settle()
     assert src.reads == 0
+
+
+async def test_a_cancelled_caller_is_cancelled_and_the_shared_read_goes_on() -> None:
+    src = Source(took=2.0)
+    src.gate = asyncio.Event()
+    cached = SlowRead(src.read, name="t", clock=src.clock)
+    first = asyncio.create_task(cached.get())
+    second = asyncio.create_task(cached.get())
+    await settle()
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    src.gate.set()
+    assert (await second)[0] == 1

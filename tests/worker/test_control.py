@@ -111,8 +111,20 @@ async def test_a_kill_read_by_the_claim_is_recorded_once_under_that_tick(
                 ),
                 what="the tick's ledger row waiting on the lock",
             )
+            notified = await pool.fetchval("SELECT clock_timestamp()")
             await pool.execute("SELECT pg_notify($1, 'flags')", store.WAKEUP_CHANNEL)
-            await asyncio.sleep(0.3)  # the worker reads the flags while its row waits
+            # The worker reads the flags while its row waits (then, without the fix, it
+            # cancels the tick writing that row).
+            await wait_for(
+                lambda: pool.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query = $1"
+                    " AND query_start > $2 AND state = 'idle'",
+                    store.q("read_flags"),
+                    notified,
+                ),
+                what="the worker reading the flags after their notification",
+            )
+            await asyncio.sleep(0.1)  # what it does next, in the worker's loop
             await tx.commit()
         code = await worker.exited(timeout=5.0)
 

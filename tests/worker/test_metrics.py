@@ -136,7 +136,9 @@ async def test_the_counters_match_what_the_database_recorded(
         assert scraped.value("aol_metrics_db_up") == 1
         assert scraped.by_label("aol_actions", "status") == await by_status(pool)
         # A small table: the finished counts are taken at every scrape (see slowread).
-        assert 0 <= (scraped.value("aol_actions_finished_count_age_seconds") or -1) < 1
+        age = scraped.value("aol_actions_finished_count_age_seconds")
+        assert age is not None
+        assert 0 <= age < 1
         assert scraped.value("aol_queue_lag_seconds") == 0  # nothing runnable waits
         assert scraped.value("aol_lease_held") == 1
         for name in ("aol_lease_heartbeat_age_seconds", "aol_lease_row_heartbeat_age_seconds"):
