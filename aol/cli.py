@@ -25,7 +25,7 @@ from aol import roles as role_setup
 from aol.client import enqueue as enqueue_action
 from aol.db import store
 from aol.db.connect import ResolvedDatabase, connect, open_database
-from aol.db.migrate import downgrade, head_revision, is_downgrade, upgrade
+from aol.db.revisions import head_revision, is_downgrade
 from aol.errors import AolError, LeaseHeld
 from aol.eventloop import LoopFactory, loop_factory
 from aol.settings import Settings, load_settings
@@ -130,6 +130,8 @@ def migrate(ctx: click.Context, revision: str, force: bool) -> None:
     settings = _settings(ctx)
 
     async def go(db: ResolvedDatabase) -> None:
+        from aol.db.migrate import downgrade, upgrade  # Alembic: only for this command
+
         conn = await connect(db.url, application_name="aol-migrate")
         try:
             current = await store.read_schema_revision(conn)

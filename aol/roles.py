@@ -38,7 +38,7 @@ from typing import Any
 import asyncpg
 
 from aol.db import store
-from aol.db.migrate import check_revision
+from aol.db.revisions import check_revision
 from aol.errors import ConfigError, PermissionDenied
 
 SUFFIXES = ("enqueuer", "worker", "operator")

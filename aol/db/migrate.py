@@ -1,33 +1,37 @@
-"""Runs the Alembic migrations; finds `migrations/` in the source tree or inside the wheel."""
+"""Runs the Alembic migrations (the revision chain itself is read by `aol.db.revisions`,
+without Alembic, and re-exported here)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from aol.db.connect import asyncpg_dsn, sqlalchemy_url
-from aol.errors import ConfigError, MigrationFailed, SchemaMismatch
+from aol.db.revisions import (
+    check_revision,
+    head_revision,
+    is_downgrade,
+    known_revisions,
+    migrations_dir,
+)
+from aol.errors import MigrationFailed
 
-_PACKAGE = Path(__file__).resolve().parent.parent
-
-
-def migrations_dir() -> Path:
-    """`migrations/` beside the package in a source tree, else `aol/_migrations` in a wheel."""
-    for candidate in (_PACKAGE.parent / "migrations", _PACKAGE / "_migrations"):
-        if (candidate / "env.py").is_file():
-            return candidate
-    raise ConfigError(
-        f"cannot find the migrations folder (looked in {_PACKAGE / '_migrations'} and "
-        f"{_PACKAGE.parent / 'migrations'}); reinstall aol"
-    )
+__all__ = [
+    "alembic_config",
+    "check_revision",
+    "downgrade",
+    "head_revision",
+    "is_downgrade",
+    "known_revisions",
+    "migrations_dir",
+    "upgrade",
+]
 
 
 def alembic_config(url: str | None = None) -> Config:
@@ -36,18 +40,6 @@ def alembic_config(url: str | None = None) -> Config:
     if url is not None:
         cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(url).replace("%", "%%"))
     return cfg
-
-
-def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    if head is None:
-        raise ConfigError("the migrations folder has no revisions")
-    return head
-
-
-def known_revisions() -> set[str]:
-    script = ScriptDirectory.from_config(alembic_config())
-    return {rev.revision for rev in script.walk_revisions()}
 
 
 async def _run(url: str, fn: Any, revision: str) -> None:
@@ -81,40 +73,3 @@ async def upgrade(url: str, revision: str = "head") -> None:
 async def downgrade(url: str, revision: str = "base") -> None:
     """Migrate the database at `url` down to `revision` (base drops schema aol)."""
     await _run(url, command.downgrade, revision)
-
-
-def check_revision(current: str | None) -> None:
-    """Refuse a database this aol cannot serve, naming both revisions."""
-    head = head_revision()
-    if current == head:
-        return
-    if current is None:
-        raise SchemaMismatch(
-            "the database has no aol schema; run `aol migrate` first "
-            f"(this aol expects revision {head})"
-        )
-    if current not in known_revisions():
-        raise SchemaMismatch(
-            f"the database schema is at revision {current}, which this aol (head {head}) "
-            "does not know: it was migrated by a newer aol; upgrade aol"
-        )
-    raise SchemaMismatch(
-        f"the database schema is at revision {current} but this aol needs {head}; run `aol migrate`"
-    )
-
-
-def is_downgrade(current: str | None, target: str) -> bool:
-    """Whether migrating from `current` to `target` goes down (and may drop data)."""
-    known = [rev.revision for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions()]
-    if target == "head" or current is None:
-        return False
-    if target == "base":
-        return True
-    if target not in known:
-        raise ConfigError(
-            f"--revision {target!r} is not a revision of this aol; use head, base or one of "
-            f"{', '.join(reversed(known))}"
-        )
-    if current not in known:
-        check_revision(current)  # names both revisions and the fix
-    return known.index(target) > known.index(current)

@@ -20,7 +20,7 @@ from aol.actions.registry import Registry, default_registry, load_modules
 from aol.db import store
 from aol.db.connect import create_pool
 from aol.db.listen import Listener, Quiet
-from aol.db.migrate import check_revision
+from aol.db.revisions import check_revision
 from aol.errors import DatabaseUnavailable
 from aol.eventloop import running_loop_name
 from aol.logs import get_logger

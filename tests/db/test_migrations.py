@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -220,3 +221,52 @@ async def test_0008_keeps_indexes_built_beforehand_and_rebuilds_invalid_ones(
         assert not set(rebuilt) & set(invalid)  # each one built anew
     finally:
         await conn.close()
+
+
+def test_the_chain_read_without_alembic_is_alembics() -> None:
+    from alembic.script import ScriptDirectory
+
+    from aol.db.migrate import alembic_config
+    from aol.db.revisions import chain
+
+    walked = [r.revision for r in ScriptDirectory.from_config(alembic_config()).walk_revisions()]
+    assert list(chain()) == walked[::-1]
+    assert chain()[-1] == head_revision()
+
+
+def write_revisions(folder: Path, pairs: list[tuple[str, str | None]]) -> Path:
+    versions = folder / "versions"
+    versions.mkdir()
+    for i, (revision, down) in enumerate(pairs):
+        (versions / f"{i:04d}_r.py").write_text(
+            f'"""r"""\nrevision = {revision!r}\ndown_revision = {down!r}\n', encoding="utf-8"
+        )
+    return versions
+
+
+@pytest.mark.parametrize(
+    ("pairs", "message"),
+    [
+        ([("a", None), ("b", "a"), ("c", "a")], "revisions b and c both follow a"),
+        ([("a", None), ("a", None)], "revision a is defined twice"),
+        ([("a", None), ("c", "b")], "revisions not reachable from base: c"),
+        ([], "no revisions"),
+    ],
+)
+def test_a_broken_chain_is_refused_naming_the_revisions(
+    tmp_path: Path, pairs: list[tuple[str, str | None]], message: str
+) -> None:
+    from aol.db.revisions import read_chain
+
+    with pytest.raises(ConfigError, match=message):
+        read_chain(write_revisions(tmp_path, pairs))
+
+
+def test_a_revision_that_is_not_a_constant_is_refused_naming_the_file(tmp_path: Path) -> None:
+    from aol.db.revisions import read_chain
+
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    (versions / "0001_x.py").write_text("revision = make()\ndown_revision = None\n")
+    with pytest.raises(ConfigError, match=r"0001_x\.py: expected `revision"):
+        read_chain(versions)

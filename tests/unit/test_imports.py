@@ -1,4 +1,5 @@
-"""What importing aol costs a process that only runs handlers: no SQLAlchemy, no Alembic.
+"""What importing aol costs a worker or a process that only runs handlers: no SQLAlchemy,
+no Alembic, no web stack.
 
 The child process of every isolated handler imports aol and the handler's module, and its
 start-up counts against the action timeout; SQLAlchemy alone took a third of a second."""
@@ -31,3 +32,8 @@ def test_an_isolated_handlers_process_imports_nothing_heavy() -> None:
 
 def test_the_client_imports_nothing_heavy() -> None:
     assert imported_after("aol.client") == []
+
+
+def test_the_worker_and_the_cli_import_no_migration_machinery() -> None:
+    """`aol run` checks the schema revision without Alembic (aol.db.revisions)."""
+    assert imported_after("aol.cli", "aol.worker.runner") == []
