@@ -423,10 +423,7 @@ async def next_wakeup(db: Executor) -> tuple[datetime, datetime | None, datetime
 
 
 async def count_by_status(db: Executor) -> dict[str, int]:
-    counts = {str(s): 0 for s in ActionStatus}
-    for row in await db.fetch(q("count_by_status")):
-        counts[row["status"]] = int(row["n"])
-    return counts
+    return _counts(tuple(ActionStatus), await db.fetch(q("count_by_status")))
 
 
 LIVE_STATUSES = (

@@ -182,7 +182,7 @@ async def read_overview(pool: asyncpg.Pool[Any], filters: Filters, slow: SlowRea
             lease=lease_view(lease_row),
             flags=await store.read_flags(conn),
             last_tick=await store.last_tick(conn),
-            counts=_in_status_order({**await store.count_live(conn), **finished}),
+            counts={**await store.count_live(conn), **finished},
             finished_counts_age_s=finished_age,
             lag=await store.queue_lag(conn),
             throughput=throughput_chart(history, now),
@@ -211,7 +211,3 @@ async def read_action_page(pool: asyncpg.Pool[Any], action_id: int) -> ActionPag
             action=action,
             logs=await store.list_action_logs(conn, action_id=action_id),
         )
-
-
-def _in_status_order(counts: dict[str, int]) -> dict[str, int]:
-    return {str(s): counts.get(str(s), 0) for s in ActionStatus}

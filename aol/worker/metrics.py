@@ -315,9 +315,8 @@ class DatabaseGauges(Collector):
                 await store.set_statement_timeout(self._count_conn, seconds=FINISHED_COUNT_TIMEOUT)
             return await store.count_finished(self._count_conn)
         except BaseException:
-            conn, self._count_conn = self._count_conn, None
-            if conn is not None and not conn.is_closed():
-                conn.terminate()
+            _terminate(self._count_conn)
+            self._count_conn = None
             raise
 
     async def close(self) -> None:
@@ -330,15 +329,21 @@ class DatabaseGauges(Collector):
             self._conn = self._count_conn = None
 
     def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            conn.terminate()  # its state after a cancelled statement is not worth trusting
+        _terminate(self._conn)
+        self._conn = None
 
     def describe(self) -> Iterable[Metric]:
         return _database_families(None, 0.0)
 
     def collect(self) -> Iterable[Metric]:
         return _database_families(self._snapshot, self._read_seconds)
+
+
+def _terminate(conn: asyncpg.Connection[Any] | None) -> None:
+    """Drop a connection whose state, after a failed or cancelled statement, is not worth
+    trusting."""
+    if conn is not None and not conn.is_closed():
+        conn.terminate()
 
 
 def _database_families(snap: MetricsSnapshot | None, read_seconds: float) -> list[Metric]:
